@@ -1,0 +1,63 @@
+"""Default study: Ioffe & Szegedy's MLP on the embedded digits data, CPU, a few minutes.
+
+Three norm variants (none, batchnorm, noisy batchnorm) x two learning rates x
+five seeds, trained side by side with batch-statistic records.
+
+  python -m icsjax.main --config=configs/default.py --workdir=runs/default
+
+Override any field on the command line, e.g. ``--config.seeds=8`` or
+``--config.sweep.lr="(0.05,0.1,0.5)"``.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  # data
+  c.dataset = "digits"
+  c.data_seed = 0
+  c.test_fraction = 0.2
+  c.regression_dim = 10
+  c.regression_train_size = 1024
+  c.regression_test_size = 1024
+  c.monitor_size = 256
+  # model (Ioffe & Szegedy 2015: 3 x 100 sigmoid, norm before each nonlinearity)
+  c.arch = "mlp"
+  c.width = 100
+  c.depth = 3
+  c.activation = "sigmoid"
+  c.norm = "batchnorm"
+  c.norm_eps = 1e-5
+  c.lp_center = True
+  c.batch_size = 60
+  # optimizer and per-model hyperparameters
+  c.optimizer = "sgd"
+  c.lr = 0.1
+  c.momentum = 0.9
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.adam_eps = 1e-8
+  c.bn_momentum = 0.99
+  # noisy BN (Santurkar et al. 2018, sec. 2)
+  c.noise_mean_range = 0.5
+  c.noise_scale_low = 1.0
+  c.noise_scale_high = 1.25
+  c.noise_mean_spread = 0.1
+  c.noise_scale_std = 0.1
+  # the loop
+  c.seeds = 5
+  c.base_seed = 0
+  c.steps = 3000
+  c.scan_length = 50
+  c.record_every = 100
+  c.eval_every = 250
+  c.segment_steps = 500
+  c.tracked_units = (0, 1, 2)
+  c.monitor_mode = "train"
+  c.eval_batch_chunk = 64
+  # the grid
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")
+  c.sweep.lr = (0.1, 0.5)
+  return c

@@ -1,0 +1,114 @@
+"""Datasets as arrays placed on the device once.
+
+Raw inputs are kept beside the standardised ones so that later input
+corruptions can act on raw values and be standardised the same way.
+Standardisation is per feature with the training split's mean and standard
+deviation; a constant feature maps to zero instead of dividing by zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+DIGITS_SIZE = 1797  # scikit-learn's bundled 8x8 digits: 1797 images, 10 classes
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+
+
+@struct.dataclass
+class Dataset:
+  train_x: jax.Array        # standardised, (n_train, features)
+  train_y: jax.Array        # int labels (classification) or targets (regression)
+  test_x: jax.Array
+  test_y: jax.Array
+  monitor_x: jax.Array      # fixed training examples for percentile records
+  raw_train_x: jax.Array    # before standardisation
+  raw_test_x: jax.Array
+  feature_mean: jax.Array
+  feature_inv_std: jax.Array  # 0 for constant features
+  name: str = struct.field(pytree_node=False)
+  task: str = struct.field(pytree_node=False)
+  num_outputs: int = struct.field(pytree_node=False)
+
+  @property
+  def num_train(self) -> int:
+    return self.train_x.shape[0]
+
+  @property
+  def num_test(self) -> int:
+    return self.test_x.shape[0]
+
+  def standardise(self, raw_x):
+    return (raw_x - self.feature_mean) * self.feature_inv_std
+
+
+def split_sizes(static: dict) -> tuple[int, int]:
+  """(n_train, n_test) of a dataset config, without loading any data."""
+  if static["dataset"] == "digits":
+    n_test = int(round(DIGITS_SIZE * static["test_fraction"]))
+    return DIGITS_SIZE - n_test, n_test
+  return static["regression_train_size"], static["regression_test_size"]
+
+
+def standardisation(raw_train_x: np.ndarray):
+  """Per-feature mean and inverse standard deviation (0 where constant)."""
+  mean = raw_train_x.mean(axis=0)
+  std = raw_train_x.std(axis=0)
+  inv_std = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+  return mean.astype(np.float32), inv_std.astype(np.float32)
+
+
+def _digits(static):
+  from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+  x, y = load_digits(return_X_y=True)
+  assert len(x) == DIGITS_SIZE, len(x)
+  order = np.random.default_rng(static["data_seed"]).permutation(len(x))
+  n_train, _ = split_sizes(static)
+  x, y = x[order].astype(np.float32), y[order].astype(np.int32)
+  return (x[:n_train], y[:n_train], x[n_train:], y[n_train:]), CLASSIFICATION, 10
+
+
+def gaussian_regression_matrix(dim: int, data_seed: int) -> np.ndarray:
+  """The fixed random A of y = A x (Santurkar et al. 2018's DLN task)."""
+  rng = np.random.default_rng([data_seed, 1])
+  return (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
+
+
+def _gaussian_regression(static):
+  dim = static["regression_dim"]
+  a = gaussian_regression_matrix(dim, static["data_seed"])
+  rng = np.random.default_rng([static["data_seed"], 2])
+  n_train, n_test = split_sizes(static)
+  x = rng.standard_normal((n_train + n_test, dim)).astype(np.float32)
+  y = x @ a.T
+  return (x[:n_train], y[:n_train], x[n_train:], y[n_train:]), REGRESSION, dim
+
+
+_LOADERS = {"digits": _digits, "gaussian_regression": _gaussian_regression}
+
+
+def load(static: dict[str, Any]) -> Dataset:
+  """Loads the dataset named by a group's static config onto the default device."""
+  (raw_tr, y_tr, raw_te, y_te), task, num_outputs = _LOADERS[static["dataset"]](static)
+  mean, inv_std = standardisation(raw_tr)
+  tr = (raw_tr - mean) * inv_std
+  te = (raw_te - mean) * inv_std
+  arrays = dict(train_x=tr, train_y=y_tr, test_x=te, test_y=y_te,
+                monitor_x=tr[:static["monitor_size"]], raw_train_x=raw_tr,
+                raw_test_x=raw_te, feature_mean=mean, feature_inv_std=inv_std)
+  arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
+  return Dataset(**arrays, name=static["dataset"], task=task, num_outputs=num_outputs)
+
+
+DATA_FIELDS = ("dataset", "data_seed", "test_fraction", "regression_dim",
+               "regression_train_size", "regression_test_size", "monitor_size")
+
+
+def data_key(static: dict) -> tuple:
+  """Groups with equal data fields share one loaded Dataset."""
+  return tuple(static[k] for k in DATA_FIELDS)

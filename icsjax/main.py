@@ -1,0 +1,34 @@
+"""Command line: run a study config into a workdir.
+
+  python -m icsjax.main --config=configs/default.py --workdir=runs/default
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from icsjax import runner
+from icsjax.study import ConfigError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Study config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for the study's records and metadata.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  try:
+    runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+  except (ConfigError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

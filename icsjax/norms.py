@@ -1,0 +1,104 @@
+"""Normalisation layers, exactly as DESIGN.md B.5-B.6 define them.
+
+Batch norms reduce over every axis but the last (the unit or channel axis).
+Train mode normalises with the statistics of the batch and updates running
+statistics; eval mode uses the running statistics. Running statistics are an
+EMA with decay ``hp["bn_momentum"]`` (Flax convention) of the batch mean and
+of the unbiased batch variance (lp kinds: of the batch lp scale).
+
+Per-model hyperparameters (``hp``) arrive as traced scalars, so a vmapped
+group can sweep them without recompiling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LP_ORDER = {"l1_batchnorm": 1.0, "l2_batchnorm": 2.0, "linf_batchnorm": math.inf}
+RUNNING_STAT_NAMES = {"batchnorm": ("mean", "var"), "noisy_batchnorm": ("mean", "var"),
+                      **{k: ("mean", "lp_scale") for k in LP_ORDER}}
+
+
+def lp_scale(centred, axes, p):
+  """Average lp norm over `axes`: (mean |c|^p)^(1/p); for p = inf, max |c|."""
+  if math.isinf(p):
+    return jnp.max(jnp.abs(centred), axis=axes)
+  if p == 1.0:
+    return jnp.mean(jnp.abs(centred), axis=axes)
+  if p == 2.0:
+    return jnp.sqrt(jnp.mean(jnp.square(centred), axis=axes))
+  return jnp.mean(jnp.abs(centred) ** p, axis=axes) ** (1.0 / p)
+
+
+def santurkar_noise(key, shape, hp, dtype):
+  """Noisy BN's (s, m) with a <- s * a + m (Santurkar et al. 2018, sec. 2).
+
+  Per layer and step: mu ~ U(-r, r), sigma ~ U(low, high); per sample and
+  unit: m ~ U(mu - d, mu + d), s ~ N(sigma, std^2).
+  """
+  k_mu, k_sigma, k_m, k_s = jax.random.split(key, 4)
+  r = hp["noise_mean_range"]
+  mu = jax.random.uniform(k_mu, (), dtype, -1.0, 1.0) * r
+  u = jax.random.uniform(k_sigma, (), dtype)
+  sigma = hp["noise_scale_low"] + u * (hp["noise_scale_high"] - hp["noise_scale_low"])
+  m = mu + hp["noise_mean_spread"] * jax.random.uniform(k_m, shape, dtype, -1.0, 1.0)
+  s = sigma + hp["noise_scale_std"] * jax.random.normal(k_s, shape, dtype)
+  return s, m
+
+
+class Norm(nn.Module):
+  """One of icsjax.study.NORM_KINDS; `none` is the identity."""
+  kind: str
+  eps: float = 1e-5
+  lp_center: bool = True
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, hp):
+    if self.kind == "none":
+      return x
+    features = x.shape[-1]
+    gamma = self.param("scale", nn.initializers.ones, (features,), x.dtype)
+    beta = self.param("bias", nn.initializers.zeros, (features,), x.dtype)
+    if self.kind == "layernorm":
+      mean = jnp.mean(x, axis=-1, keepdims=True)
+      var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+      return (x - mean) * jax.lax.rsqrt(var + self.eps) * gamma + beta
+    y = self._batch_normalise(x, train, hp) * gamma + beta
+    # Train mode without a "noise" key is train-mode evaluation: batch statistics, no noise.
+    if self.kind == "noisy_batchnorm" and train and self.has_rng("noise"):
+      s, m = santurkar_noise(self.make_rng("noise"), x.shape, hp, x.dtype)
+      y = s * y + m
+    return y
+
+  def _batch_normalise(self, x, train, hp):
+    axes = tuple(range(x.ndim - 1))
+    count = math.prod(x.shape[:-1])
+    mean_name, scale_name = RUNNING_STAT_NAMES[self.kind]
+    features = x.shape[-1]
+    ra_mean = self.variable("batch_stats", mean_name, jnp.zeros, (features,), x.dtype)
+    ra_scale = self.variable("batch_stats", scale_name, jnp.ones, (features,), x.dtype)
+    p = LP_ORDER.get(self.kind)
+    centre = p is None or self.lp_center
+    if train:
+      mean = jnp.mean(x, axis=axes)
+      centred = x - mean if centre else x
+      if p is None:
+        scale = jnp.mean(jnp.square(centred), axis=axes)  # biased, as in Ioffe Alg. 1
+        running_target = scale * (count / (count - 1))      # unbiased for the EMA
+      else:
+        scale = lp_scale(centred, axes, p)
+        running_target = scale
+      if not self.is_initializing():
+        mom = hp["bn_momentum"]
+        ra_mean.value = mom * ra_mean.value + (1.0 - mom) * mean
+        ra_scale.value = mom * ra_scale.value + (1.0 - mom) * running_target
+    else:
+      mean, scale = ra_mean.value, ra_scale.value
+      centred = x - mean if centre else x
+    if p is None:
+      return centred * jax.lax.rsqrt(scale + self.eps)
+    return centred / (scale + self.eps)

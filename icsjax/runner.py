@@ -1,0 +1,122 @@
+"""Runs a study: validate, place data, then every group segment by segment."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from icsjax import data as data_lib
+from icsjax import store
+from icsjax import study as study_lib
+from icsjax import summary as summary_lib
+from icsjax import train
+
+
+@dataclasses.dataclass
+class GroupRun:
+  """A group's compiled program, its per-model inputs and its live state."""
+  group: study_lib.Group
+  program: train.GroupProgram
+  data: data_lib.Dataset
+  hparams: dict
+  model_seeds: jax.Array
+  state: train.ModelState
+
+
+def grid_json(study: study_lib.Study) -> dict:
+  return {"num_models": study.num_models,
+          "groups": [dataclasses.asdict(g) for g in study.groups]}
+
+
+def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
+  """Loads each distinct dataset once and initialises every group's models."""
+  run_spec = train.RunSpec.from_config(study.config)
+  datasets, runs = {}, []
+  for g in study.groups:
+    key = data_lib.data_key(g.static)
+    if key not in datasets:
+      datasets[key] = data_lib.load(g.static)
+    ds = datasets[key]
+    program = train.GroupProgram(static=g.static, run=run_spec, task=ds.task,
+                                 num_outputs=ds.num_outputs, input_dim=ds.train_x.shape[1],
+                                 num_train=ds.num_train, num_test=ds.num_test)
+    hparams = {k: jnp.asarray(v, jnp.float32) for k, v in g.hparams.items()}
+    seeds = jnp.asarray(g.coords["seed"], jnp.int32)
+    runs.append(GroupRun(g, program, ds, hparams, seeds, program.init(seeds, hparams)))
+  return runs
+
+
+def time_coords(config, start: int) -> dict[str, np.ndarray]:
+  seg = config.segment_steps
+  return {"step": start + np.arange(1, seg + 1),
+          "record_step": start + np.arange(config.record_every, seg + 1, config.record_every),
+          "eval_step": start + np.arange(config.eval_every, seg + 1, config.eval_every)}
+
+
+def fixed_coords(config, g: study_lib.Group) -> dict:
+  return {"layer": list(range(g.static["depth"])), "unit": list(range(g.static["width"])),
+          "tracked_unit": list(config.tracked_units), "quantile": list(train.QUANTILES)}
+
+
+def run_segment(gr: GroupRun, start: int) -> dict:
+  """Trains one group for one segment; returns its records on the host."""
+  gr.state, records = gr.program.segment(gr.state, gr.hparams, gr.model_seeds, gr.data,
+                                         jnp.int32(start))
+  records["model"] = {"diverged_step": gr.state.diverged_step}
+  return jax.device_get(records)
+
+
+class Progress:
+  """Steps done, model-steps/s and ETA on one line (tqdm when it is installed)."""
+
+  def __init__(self, total_steps: int, num_models: int, enabled: bool):
+    self.total, self.models, self.done = total_steps, num_models, 0
+    self.t0 = time.perf_counter()
+    self.bar = None
+    if enabled:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total_steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+  def update(self, steps: int):
+    self.done += steps
+    if self.bar is not None:
+      rate = self.done * self.models / max(time.perf_counter() - self.t0, 1e-9)
+      self.bar.set_postfix_str(f"{rate:,.0f} model-steps/s")
+      self.bar.update(steps)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def run(config, workdir, *, progress: bool = True, log=print) -> dict:
+  """Runs the study of `config` into `workdir`; returns {group: xarray.Dataset}."""
+  study = study_lib.expand(config)  # every config error surfaces here, before compute
+  status = store.prepare_workdir(workdir, config.to_json(), grid_json(study))
+  if status == "restart":
+    log(f"{workdir} holds this same config: rerunning it from step 0 "
+        f"(runs are deterministic, so its records come out identical)")
+  log(f"study: {len(study.groups)} group(s), {study.num_models} models, "
+      f"{config.steps} steps, on {jax.devices()[0].platform}")
+  runs = build_group_runs(study)
+  bar = Progress(config.steps, study.num_models, progress)
+  for seg in range(study.num_segments):
+    start = seg * config.segment_steps
+    for gr in runs:
+      records = run_segment(gr, start)
+      if seg == 0:
+        store.write_schema(workdir, gr.group.name,
+                           store.make_schema(records, fixed_coords(config, gr.group)))
+      store.write_segment(workdir, gr.group.name, seg, records, time_coords(config, start))
+    bar.update(config.segment_steps)
+  bar.close()
+  datasets = store.load(workdir)
+  table = summary_lib.format_table(summary_lib.rows(datasets, config.eval_every))
+  (store.pathlib.Path(workdir) / "summary.txt").write_text(table + "\n")
+  log(table)
+  return datasets

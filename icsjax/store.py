@@ -1,0 +1,195 @@
+"""The workdir: metadata, and record arrays appended once per segment.
+
+Layout::
+
+  WORKDIR/config.json            the resolved config
+  WORKDIR/grid.json              groups, their static values, model ids and coordinates
+  WORKDIR/versions.json          library versions and devices
+  WORKDIR/records/GROUP/schema.json         variable -> named dims; fixed coordinates
+  WORKDIR/records/GROUP/segment_NNNNNN.npz  one file per finished segment
+
+A segment file is written to a temporary name and renamed, so it is either
+whole or absent; truncating a run back to step S is deleting the segment
+files that end after S. Loading concatenates segments along each
+variable's time axis (step, record_step or eval_step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import re
+import shutil
+from typing import Any
+
+import numpy as np
+
+RECORDS = "records"
+SEGMENT_RE = re.compile(r"segment_(\d{6})\.npz$")
+TIME_AXES = {"per_step": "step", "record": "record_step", "eval": "eval_step"}
+MODEL_LEVEL = ("diverged_step",)
+
+
+def variable_dims(kind: str, name: str) -> tuple[str, ...]:
+  """Named dims of a record variable produced by icsjax.train."""
+  if kind == "model":
+    return ("model",)
+  dims = ("model", TIME_AXES[kind])
+  if kind == "record":
+    dims += (("layer", "tracked_unit", "quantile") if name == "monitor_percentiles"
+             else ("layer", "unit"))
+  return dims
+
+
+def write_atomic(path: pathlib.Path, write) -> None:
+  """Calls write(file) on a temporary file, syncs it, then renames it to path."""
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "wb") as f:
+    write(f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+  write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1, default=_jsonable).encode()))
+
+
+def _jsonable(x):
+  if isinstance(x, np.generic):
+    return x.item()
+  if isinstance(x, tuple):
+    return list(x)
+  raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def group_dir(workdir, group: str) -> pathlib.Path:
+  return pathlib.Path(workdir) / RECORDS / group
+
+
+def write_schema(workdir, group: str, schema: dict) -> None:
+  d = group_dir(workdir, group)
+  d.mkdir(parents=True, exist_ok=True)
+  write_json(d / "schema.json", schema)
+
+
+def make_schema(records: dict, fixed_coords: dict) -> dict:
+  """Variable dims of a segment's record tree, plus coordinates fixed for the run."""
+  variables = {name: variable_dims(kind, name)
+               for kind, tree in records.items() for name in tree}
+  return {"variables": variables, "coords": fixed_coords}
+
+
+def write_segment(workdir, group: str, index: int, records: dict,
+                  time_coords: dict[str, np.ndarray]) -> pathlib.Path:
+  """Writes one segment's records ({kind: {name: array}}) as one atomic file."""
+  arrays = {name: np.asarray(a) for tree in records.values() for name, a in tree.items()}
+  arrays.update({axis: np.asarray(v) for axis, v in time_coords.items()})
+  path = group_dir(workdir, group) / f"segment_{index:06d}.npz"
+  write_atomic(path, lambda f: np.savez(f, **arrays))
+  return path
+
+
+def segment_paths(workdir, group: str) -> list[pathlib.Path]:
+  d = group_dir(workdir, group)
+  return sorted(p for p in d.glob("segment_*.npz") if SEGMENT_RE.search(p.name))
+
+
+def truncate(workdir, group: str, keep_segments: int) -> None:
+  """Deletes segment files from index keep_segments on (resume after a crash)."""
+  for p in segment_paths(workdir, group):
+    if int(SEGMENT_RE.search(p.name).group(1)) >= keep_segments:
+      p.unlink()
+  for p in group_dir(workdir, group).glob("*.tmp"):
+    p.unlink()
+
+
+def read_json(path) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_arrays(workdir, group: str) -> tuple[dict[str, np.ndarray], dict]:
+  """Every variable of a group, concatenated over segments; and the schema."""
+  schema = read_json(group_dir(workdir, group) / "schema.json")
+  parts: dict[str, list] = {}
+  for p in segment_paths(workdir, group):
+    with np.load(p) as z:
+      for k in z.files:
+        parts.setdefault(k, []).append(z[k])
+  out = {}
+  for name, chunks in parts.items():
+    dims = schema["variables"].get(name)
+    if dims is None:  # a time coordinate
+      out[name] = np.concatenate(chunks)
+    elif name in MODEL_LEVEL:  # a state: the latest segment's value holds
+      out[name] = chunks[-1]
+    else:
+      out[name] = np.concatenate(chunks, axis=1)
+  return out, schema
+
+
+def load_group(workdir, group: str):
+  """One group's records as an xarray.Dataset with named dims and model coordinates."""
+  import xarray as xr
+  arrays, schema = load_arrays(workdir, group)
+  grid = read_json(pathlib.Path(workdir) / "grid.json")
+  g = next(g for g in grid["groups"] if g["name"] == group)
+  coords = {axis: arrays[axis] for axis in TIME_AXES.values() if axis in arrays}
+  coords.update({k: np.asarray(v) for k, v in schema["coords"].items()})
+  coords["model"] = np.asarray(g["model_ids"])
+  for k, v in g["coords"].items():
+    coords[k] = ("model", np.asarray(v))
+  data_vars = {name: (tuple(dims), arrays[name])
+               for name, dims in schema["variables"].items() if name in arrays}
+  ds = xr.Dataset(data_vars, coords=coords)
+  ds.attrs.update(group=group, **{f"static_{k}": v for k, v in g["static"].items()
+                                  if not isinstance(v, (list, dict))})
+  return ds
+
+
+def load(workdir) -> dict:
+  """{group name: xarray.Dataset} of a workdir."""
+  grid = read_json(pathlib.Path(workdir) / "grid.json")
+  return {g["name"]: load_group(workdir, g["name"]) for g in grid["groups"]}
+
+
+def versions() -> dict:
+  import importlib.metadata as md
+  import jax
+  out = {"python": platform.python_version(), "platform": platform.platform()}
+  for name in ("jax", "jaxlib", "flax", "optax", "numpy", "ml_collections", "scikit-learn"):
+    try:
+      out[name] = md.version(name)
+    except md.PackageNotFoundError:
+      out[name] = None
+  out["devices"] = [str(d) for d in jax.devices()]
+  return out
+
+
+def prepare_workdir(workdir, config_json: str, grid: dict) -> str:
+  """Creates the workdir, or refuses one that holds a different study.
+
+  Returns "new" or "restart" (same config: its records are rewritten, which
+  reproduces them bitwise because runs are deterministic).
+  """
+  workdir = pathlib.Path(workdir)
+  cfg_path = workdir / "config.json"
+  status = "new"
+  if cfg_path.exists():
+    if json.loads(cfg_path.read_text()) != json.loads(config_json):
+      raise FileExistsError(
+          f"--workdir={workdir} holds a study with a different config; "
+          f"choose another --workdir or delete that one")
+    status = "restart"
+    shutil.rmtree(workdir / RECORDS, ignore_errors=True)
+  elif workdir.exists() and any(workdir.iterdir()):
+    raise FileExistsError(f"--workdir={workdir} is not empty and holds no icsjax study; "
+                          f"choose another --workdir")
+  workdir.mkdir(parents=True, exist_ok=True)
+  write_atomic(cfg_path, lambda f: f.write(config_json.encode()))
+  write_json(workdir / "grid.json", grid)
+  write_json(workdir / "versions.json", versions())
+  return status

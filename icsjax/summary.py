@@ -1,0 +1,60 @@
+"""The end-of-run table: final metrics per variant, mean +- std over seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+COLUMNS = (  # (record name, header, how to reduce over time)
+    ("train_loss", "train loss", "last_eval_interval"),
+    ("train_accuracy", "train acc", "last_eval_interval"),
+    ("test_loss_eval_mode", "test loss (eval)", "last"),
+    ("test_accuracy_eval_mode", "test acc (eval)", "last"),
+    ("test_accuracy_train_mode", "test acc (train-mode BN)", "last"),
+)
+
+
+def _final(values: np.ndarray, how: str, window: int) -> np.ndarray:
+  """Per-model final value: the last entry, or the mean of the last `window` steps."""
+  if how == "last":
+    return values[:, -1]
+  with np.errstate(all="ignore"):
+    return np.mean(values[:, -window:], axis=1)
+
+
+def rows(datasets: dict, eval_every: int) -> list[dict]:
+  """One row per group and combination of swept values, aggregated over seeds."""
+  out = []
+  for ds in datasets.values():
+    labels = [k for k in ds.coords if ds.coords[k].dims == ("model",) and k not in
+              ("model", "seed")]
+    keys = [tuple(str(ds.coords[k].values[m]) for k in labels) for m in range(ds.sizes["model"])]
+    for key in dict.fromkeys(keys):
+      sel = np.array([k == key for k in keys])
+      row = {"labels": dict(zip(labels, key)), "seeds": int(sel.sum()),
+             "diverged": int((ds["diverged_step"].values[sel] > 0).sum())}
+      for name, header, how in COLUMNS:
+        if name in ds:
+          v = _final(ds[name].values[sel], how, eval_every)
+          row[header] = (float(np.nanmean(v)) if np.isfinite(v).any() else np.nan,
+                         float(np.nanstd(v)) if np.isfinite(v).any() else np.nan)
+      out.append(row)
+  return out
+
+
+def format_table(table: list[dict]) -> str:
+  """A plain-text table; values are mean +- std over seeds (diverged seeds excluded)."""
+  if not table:
+    return "(no models)"
+  label_keys = list(dict.fromkeys(k for r in table for k in r["labels"]))
+  metric_keys = [h for _, h, _ in COLUMNS if any(h in r for r in table)]
+  header = label_keys + ["seeds", "diverged"] + metric_keys
+  body = []
+  for r in table:
+    cells = [r["labels"].get(k, "") for k in label_keys] + [str(r["seeds"]), str(r["diverged"])]
+    for h in metric_keys:
+      m, s = r.get(h, (np.nan, np.nan))
+      cells.append("n/a" if np.isnan(m) else f"{m:.4f} ± {s:.4f}")
+    body.append(cells)
+  widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+  line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in body])

@@ -1,0 +1,302 @@
+"""The training loop of one compiled group, as pure functions of (state, key, data).
+
+A segment is ``jit(vmap over models(scan over chunks(scan over scan_length
+steps; records and evaluations when due)))``. The chunk counter comes from
+the outer scan, so it is never a batched value and ``lax.cond`` on it runs
+one branch. Minibatch indices are drawn inside the compiled segment, once
+per seed index, and nothing crosses to the host until the segment ends.
+
+Step numbering: step t (1-based) is the t-th update. The per-step loss of
+step t is the minibatch loss before that update; a record or evaluation "at
+step t" reads the state after update t (batch statistics: those of the
+forward pass of update t).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from icsjax import data as data_lib
+from icsjax import models
+from icsjax import optim
+from icsjax.norms import RUNNING_STAT_NAMES
+
+QUANTILES = (0.15, 0.50, 0.85)
+KEY_INIT, KEY_DATA, KEY_NOISE = 0, 1, 2
+
+
+class ModelState(struct.PyTreeNode):
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  noise_key: jax.Array
+  diverged_step: jax.Array  # int32: the step whose loss or update was not finite; 0 if none
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """The loop-shaping (run-role) config values a compiled segment depends on."""
+  scan_length: int
+  record_every: int
+  eval_every: int
+  segment_steps: int
+  tracked_units: tuple[int, ...]
+  monitor_mode: str
+  eval_batch_chunk: int
+  base_seed: int
+  seeds: int
+
+  @classmethod
+  def from_config(cls, config) -> "RunSpec":
+    return cls(**{f.name: (tuple(config[f.name]) if f.name == "tracked_units"
+                           else config[f.name]) for f in dataclasses.fields(cls)})
+
+
+def seed_key(base_seed: int, seed_index, purpose: int):
+  """The key of one seed index for one purpose; shared by every model of that seed."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(base_seed), seed_index),
+                            purpose)
+
+
+def segment_batch_indices(key, start_step, num_steps: int, batch_size: int, num_train: int):
+  """Minibatch indices of steps start_step+1 .. start_step+num_steps, shape (steps, batch).
+
+  Examples are drawn epoch by epoch: epoch e is a permutation keyed by
+  fold_in(key, e), read as one stream, so batches cross epoch ends and any
+  batch size works.
+  """
+  pos = start_step * batch_size + jnp.arange(num_steps * batch_size)
+  first_epoch = (start_step * batch_size) // num_train
+  spanned = (num_steps * batch_size + num_train - 1) // num_train + 1
+  perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), num_train))(
+      first_epoch + jnp.arange(spanned))
+  idx = perms[pos // num_train - first_epoch, pos % num_train]
+  return idx.reshape(num_steps, batch_size)
+
+
+def task_loss(outputs, y, task: str):
+  """Mean loss over the batch and, for classification, accuracy (else None)."""
+  if task == data_lib.REGRESSION:
+    return jnp.mean(jnp.sum(jnp.square(outputs - y), axis=-1)), None
+  loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, y))
+  return loss, jnp.mean(jnp.argmax(outputs, axis=-1) == y)
+
+
+def batch_moments(a):
+  """Per-unit mean and (biased) variance over every axis but the last."""
+  axes = tuple(range(a.ndim - 1))
+  mean = jnp.mean(a, axis=axes)
+  return mean, jnp.mean(jnp.square(a - mean), axis=axes)
+
+
+def tap_moments(taps):
+  """Batch moments of each layer's pre-norm activation and nonlinearity input, (layer, unit)."""
+  pre = [batch_moments(p) for p, _ in taps]
+  nl = [batch_moments(z) for _, z in taps]
+  stack = lambda ms, i: jnp.stack([m[i] for m in ms])
+  return {"preact_mean": stack(pre, 0), "preact_var": stack(pre, 1),
+          "nonlin_input_mean": stack(nl, 0), "nonlin_input_var": stack(nl, 1)}
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
+
+
+def _nan_if(flag, tree):
+  return jax.tree_util.tree_map(lambda x: jnp.where(flag, jnp.nan, x), tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupProgram:
+  """Compiled functions of one group (fixed static config, data shapes and run spec)."""
+  static: dict
+  run: RunSpec
+  task: str
+  num_outputs: int
+  input_dim: int
+  num_train: int
+  num_test: int
+
+  @property
+  def model(self) -> nn.Module:
+    return models.build(self.static, self.num_outputs)
+
+  @property
+  def running_stat_names(self) -> tuple[str, ...]:
+    return RUNNING_STAT_NAMES.get(self.static["norm"], ())
+
+  @property
+  def num_test_batches(self) -> int:
+    return self.num_test // self.static["batch_size"]
+
+  # --- one model ---------------------------------------------------------
+
+  def apply(self, params, batch_stats, x, hp, *, train: bool, noise_key=None):
+    """Forward pass: (outputs, taps, new batch_stats)."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    rngs = {"noise": noise_key} if noise_key is not None else {}
+    if train:
+      (out, taps), updated = self.model.apply(variables, x, train=True, hp=hp, rngs=rngs,
+                                              mutable=["batch_stats"])
+      return out, taps, updated.get("batch_stats", {})
+    out, taps = self.model.apply(variables, x, train=False, hp=hp)
+    return out, taps, batch_stats
+
+  def init_model(self, seed_index, hp) -> ModelState:
+    init_key = seed_key(self.run.base_seed, seed_index, KEY_INIT)
+    variables = self.model.init({"params": init_key}, jnp.zeros((1, self.input_dim)),
+                                train=False, hp=hp)
+    params = variables["params"]
+    return ModelState(params=params, batch_stats=variables.get("batch_stats", {}),
+                      opt_state=optim.make(self.static["optimizer"], hp).init(params),
+                      noise_key=seed_key(self.run.base_seed, seed_index, KEY_NOISE),
+                      diverged_step=jnp.zeros((), jnp.int32))
+
+  def train_step(self, state: ModelState, hp, x, y, step):
+    """One update (step is the 1-based update number). Diverged models stay frozen."""
+    noise_key = jax.random.fold_in(jax.random.fold_in(state.noise_key, step), 0)
+
+    def loss_fn(params):
+      out, taps, new_stats = self.apply(params, state.batch_stats, x, hp, train=True,
+                                        noise_key=noise_key)
+      loss, acc = task_loss(out, y, self.task)
+      return loss, (acc, taps, new_stats)
+
+    (loss, (acc, taps, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    tx = optim.make(self.static["optimizer"], hp)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    was_diverged = state.diverged_step > 0
+    ok = jnp.isfinite(loss) & _all_finite((params, new_stats)) & ~was_diverged
+    new = state.replace(params=params, batch_stats=new_stats, opt_state=opt_state)
+    state = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, state)
+    diverged = was_diverged | ~ok
+    state = state.replace(diverged_step=jnp.where(was_diverged | ok, state.diverged_step,
+                                                  step.astype(jnp.int32)))
+    metrics = {"train_loss": loss}
+    if acc is not None:
+      metrics["train_accuracy"] = acc
+    return state, _nan_if(diverged, metrics), tap_moments(taps)
+
+  def batch_records(self, state: ModelState, moments, hp, data: data_lib.Dataset, step):
+    """Records due every record_every steps, from the state after update `step`."""
+    rec = dict(moments)
+    for name in self.running_stat_names:
+      rec[f"running_{name}"] = jnp.stack([state.batch_stats[f"norm_{i}"][name]
+                                          for i in range(self.static["depth"])])
+    train = self.run.monitor_mode == "train"
+    noise_key = jax.random.fold_in(jax.random.fold_in(state.noise_key, step), 1)
+    _, taps, _ = self.apply(state.params, state.batch_stats, data.monitor_x, hp, train=train,
+                            noise_key=noise_key if train else None)
+    units = jnp.asarray(self.run.tracked_units)
+    z = jnp.stack([z[:, units] for _, z in taps])  # (layer, example, tracked unit)
+    rec["monitor_percentiles"] = jnp.moveaxis(
+        jnp.quantile(z, jnp.asarray(QUANTILES), axis=1), 0, -1)  # (layer, unit, quantile)
+    return _nan_if(state.diverged_step > 0, rec)
+
+  def evaluate(self, state: ModelState, hp, data: data_lib.Dataset):
+    """Test loss/accuracy in eval mode (running statistics) and in train mode
+    (batch statistics of test batches of the training batch size, no noise),
+    both over the same num_test_batches * batch_size test examples."""
+    b, nb = self.static["batch_size"], self.num_test_batches
+    xs = data.test_x[:nb * b].reshape(nb, b, -1)
+    ys = data.test_y[:nb * b].reshape((nb, b) + data.test_y.shape[1:])
+
+    def one_batch(xy):
+      x, y = xy
+      out = {}
+      for mode, train in (("eval_mode", False), ("train_mode", True)):
+        o, _, _ = self.apply(state.params, state.batch_stats, x, hp, train=train)
+        out[f"test_loss_{mode}"], acc = task_loss(o, y, self.task)
+        if acc is not None:
+          out[f"test_accuracy_{mode}"] = acc
+      return out
+
+    per_batch = jax.lax.map(one_batch, (xs, ys), batch_size=min(self.run.eval_batch_chunk, nb))
+    return _nan_if(state.diverged_step > 0, jax.tree_util.tree_map(jnp.mean, per_batch))
+
+  def segment_one(self, state: ModelState, hp, indices, data: data_lib.Dataset, start_step):
+    """Train one model for a segment. indices: (segment_steps, batch) minibatch indices."""
+    run = self.run
+    n = run.scan_length
+    chunks = run.segment_steps // n
+    idx = indices.reshape(chunks, n, -1)
+
+    def one_step(carry, xs):
+      state, _ = carry
+      i, batch_idx = xs
+      state, metrics, moments = self.train_step(state, hp, data.train_x[batch_idx],
+                                                data.train_y[batch_idx], i)
+      return (state, moments), metrics
+
+    def one_chunk(carry, xs):
+      state, moments, rec_buf, eval_buf = carry
+      j, chunk_idx = xs
+      steps = start_step + j * n + 1 + jnp.arange(n)
+      (state, moments), metrics = jax.lax.scan(one_step, (state, moments), (steps, chunk_idx))
+      end = start_step + (j + 1) * n
+      rec_buf = _write_if_due(rec_buf, j, run.record_every // n,
+                              lambda: self.batch_records(state, moments, hp, data, end))
+      eval_buf = _write_if_due(eval_buf, j, run.eval_every // n,
+                               lambda: self.evaluate(state, hp, data))
+      return (state, moments, rec_buf, eval_buf), metrics
+
+    zero_moments = jax.tree_util.tree_map(
+        jnp.zeros_like, jax.eval_shape(lambda: tap_moments(
+            self.apply(state.params, state.batch_stats, data.train_x[:2], hp, train=False)[1])))
+    rec_buf = _buffer(lambda: self.batch_records(state, zero_moments, hp, data, start_step),
+                      run.segment_steps // run.record_every)
+    eval_buf = _buffer(lambda: self.evaluate(state, hp, data),
+                       run.segment_steps // run.eval_every)
+    (state, _, rec_buf, eval_buf), metrics = jax.lax.scan(
+        one_chunk, (state, zero_moments, rec_buf, eval_buf), (jnp.arange(chunks), idx))
+    per_step = jax.tree_util.tree_map(lambda m: m.reshape(-1), metrics)
+    return state, {"per_step": per_step, "record": rec_buf, "eval": eval_buf}
+
+  # --- the vmapped group ---------------------------------------------------
+
+  def init(self, model_seeds, hp) -> ModelState:
+    """(model seed indices (K,), hparams {name: (K,)}) -> ModelState with leading K.
+
+    Not jitted: op by op, the compiled pieces are shared by every group, which
+    costs less than compiling one init program per group.
+    """
+    return jax.vmap(self.init_model)(model_seeds, hp)
+
+  @functools.cached_property
+  def segment(self):
+    """jit: (states, hparams, model seed indices, data, start_step) -> (states, records)."""
+    def run_segment(states, hp, model_seeds, data, start_step):
+      # Indices are drawn once per seed index and shared by all its models.
+      keys = jax.vmap(lambda s: seed_key(self.run.base_seed, s, KEY_DATA))(
+          jnp.arange(self.run.seeds))
+      per_seed = jax.vmap(lambda k: segment_batch_indices(
+          k, start_step, self.run.segment_steps, self.static["batch_size"], self.num_train))(keys)
+      return jax.vmap(self.segment_one, in_axes=(0, 0, 0, None, None))(
+          states, hp, per_seed[model_seeds], data, start_step)
+    return jax.jit(run_segment, donate_argnums=0)
+
+
+def _buffer(compute, slots: int):
+  """Zeros shaped like `slots` stacked results of `compute` (traced for shapes only)."""
+  shapes = jax.eval_shape(compute)
+  return jax.tree_util.tree_map(lambda s: jnp.zeros((slots,) + s.shape, s.dtype), shapes)
+
+
+def _write_if_due(buf, chunk, every_chunks: int, compute):
+  """Writes compute() into slot (chunk+1)/every-1 of buf when that chunk ends a cadence."""
+  slot = (chunk + 1) // every_chunks - 1
+  write = lambda b: jax.tree_util.tree_map(lambda b_, v: b_.at[slot].set(v), b, compute())
+  if every_chunks == 1:
+    return write(buf)
+  return jax.lax.cond((chunk + 1) % every_chunks == 0, write, lambda b: b, buf)

@@ -1,0 +1,36 @@
+"""The default study, shortened, through the command line."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import ROOT
+from icsjax import store
+from icsjax import summary
+
+
+def test_default_study_from_the_command_line(tmp_path):
+  workdir = tmp_path / "default"
+  cmd = [sys.executable, "-m", "icsjax.main", "--config=configs/default.py",
+         f"--workdir={workdir}", "--config.steps=500", "--config.seeds=2", "--noprogress"]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  groups = store.load(workdir)
+  assert list(groups) == ["norm-none", "norm-batchnorm", "norm-noisy_batchnorm"]
+  grid = json.loads((workdir / "grid.json").read_text())
+  assert grid["num_models"] == 12
+  for ds in groups.values():
+    assert ds.sizes == {"model": 4, "step": 500, "record_step": 5, "eval_step": 2, "layer": 3,
+                        "unit": 100, "tracked_unit": 3, "quantile": 3}
+    assert np.isfinite(ds.train_loss).all() and (ds.diverged_step == 0).all()
+  # Batch norm learns the digits within 500 steps at lr 0.5 (chance is 0.1).
+  bn = groups["norm-batchnorm"]
+  assert float(bn.test_accuracy_eval_mode.isel(eval_step=-1).where(bn.lr == 0.5).max()) > 0.9
+  # The printed summary is the one computed from the stored arrays.
+  table = summary.format_table(summary.rows(groups, 250))
+  assert table in out.stdout
+  assert (workdir / "summary.txt").read_text().strip() == table.strip()
+  none_05 = groups["norm-none"].test_accuracy_eval_mode.isel(eval_step=-1).values[2:]
+  assert f"{none_05.mean():.4f} ± {none_05.std():.4f}" in table.splitlines()[3]

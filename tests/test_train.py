@@ -1,0 +1,238 @@
+"""The vmapped, scanned group loop against a separately written, un-vmapped loop."""
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from conftest import tiny_config
+from icsjax import data as data_lib
+from icsjax import models
+from icsjax import runner
+from icsjax import store
+from icsjax import train
+
+
+# --- an independent reference: one model, a Python loop, NumPy statistics ----------
+
+def reference_indices(base_seed, seed, num_steps, batch, n):
+  """Epoch-by-epoch permutations read as one stream (written without the engine)."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(base_seed), seed), 1)
+  perms = {}
+  out = []
+  for t in range(num_steps):
+    row = []
+    for b in range(batch):
+      p = t * batch + b
+      e = p // n
+      if e not in perms:
+        perms[e] = np.asarray(jax.random.permutation(jax.random.fold_in(key, e), n))
+      row.append(perms[e][p % n])
+    out.append(row)
+  return np.array(out)
+
+
+def reference_optimizer(kind, hp):
+  if kind == "sgd":
+    return optax.sgd(hp["lr"])
+  if kind == "momentum":
+    return optax.sgd(hp["lr"], momentum=hp["momentum"])
+  return optax.adam(hp["lr"], b1=hp["b1"], b2=hp["b2"], eps=hp["adam_eps"])
+
+
+def np_loss(out, y, task):
+  out = np.asarray(out, np.float64)
+  if task == data_lib.REGRESSION:
+    return np.mean(np.sum((out - y) ** 2, -1)), None
+  z = out - out.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  return -np.mean(logp[np.arange(len(y)), y]), np.mean(out.argmax(-1) == y)
+
+
+def reference_run(config, static, model_index_in_group, hp, seed):
+  """Trains one model step by step; returns its records as {name: list over time}."""
+  ds = data_lib.load(static)
+  model = models.build(static, ds.num_outputs)
+  root = jax.random.fold_in(jax.random.PRNGKey(config.base_seed), seed)
+  variables = model.init({"params": jax.random.fold_in(root, 0)},
+                         jnp.zeros((1, ds.train_x.shape[1])), train=False, hp=hp)
+  params, stats = variables["params"], variables.get("batch_stats", {})
+  noise_root = jax.random.fold_in(root, 2)
+  tx = reference_optimizer(static["optimizer"], {k: float(v) for k, v in hp.items()})
+  opt_state = tx.init(params)
+  b = static["batch_size"]
+  idx = reference_indices(config.base_seed, seed, config.steps, b, ds.num_train)
+  x_tr, y_tr = np.asarray(ds.train_x), np.asarray(ds.train_y)
+  rec = {}
+  add = lambda k, v: rec.setdefault(k, []).append(np.asarray(v))
+
+  for t in range(1, config.steps + 1):
+    x, y = x_tr[idx[t - 1]], y_tr[idx[t - 1]]
+    key = jax.random.fold_in(jax.random.fold_in(noise_root, t), 0)
+
+    def loss_fn(p):
+      (out, taps), upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
+                                     hp=hp, rngs={"noise": key}, mutable=["batch_stats"])
+      return train.task_loss(out, y, ds.task)[0], (out, taps, upd.get("batch_stats", {}))
+
+    (loss, (out, taps, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    add("train_loss", loss)
+    if ds.task == data_lib.CLASSIFICATION:
+      add("train_accuracy", np_loss(out, y, ds.task)[1])
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params, stats = optax.apply_updates(params, updates), new_stats
+
+    if t % config.record_every == 0:
+      for name, i in (("preact", 0), ("nonlin_input", 1)):
+        acts = [np.asarray(tap[i], np.float64) for tap in taps]
+        add(f"{name}_mean", [a.mean(0) for a in acts])
+        add(f"{name}_var", [a.var(0) for a in acts])
+      for name in stats.get("norm_0", {}):
+        add(f"running_{name}", [stats[f"norm_{i}"][name] for i in range(static["depth"])])
+      train_mode = config.monitor_mode == "train"
+      mkey = jax.random.fold_in(jax.random.fold_in(noise_root, t), 1)
+      if train_mode:
+        (_, mtaps), _ = model.apply({"params": params, "batch_stats": stats}, ds.monitor_x,
+                                    train=True, hp=hp, rngs={"noise": mkey},
+                                    mutable=["batch_stats"])
+      else:
+        _, mtaps = model.apply({"params": params, "batch_stats": stats}, ds.monitor_x,
+                               train=False, hp=hp)
+      units = list(config.tracked_units)
+      add("monitor_percentiles",
+          [np.quantile(np.asarray(z, np.float64)[:, units], train.QUANTILES, axis=0).T
+           for _, z in mtaps])
+    if t % config.eval_every == 0:
+      nb = ds.num_test // b
+      for mode, is_train in (("eval_mode", False), ("train_mode", True)):
+        losses, accs = [], []
+        for k in range(nb):
+          xb = np.asarray(ds.test_x)[k * b:(k + 1) * b]
+          yb = np.asarray(ds.test_y)[k * b:(k + 1) * b]
+          if is_train:
+            (o, _), _ = model.apply({"params": params, "batch_stats": stats}, xb,
+                                    train=True, hp=hp, mutable=["batch_stats"])
+          else:
+            o, _ = model.apply({"params": params, "batch_stats": stats}, xb, train=False, hp=hp)
+          l, a = np_loss(o, yb, ds.task)
+          losses.append(l)
+          accs.append(a)
+        add(f"test_loss_{mode}", np.mean(losses))
+        if ds.task == data_lib.CLASSIFICATION:
+          add(f"test_accuracy_{mode}", np.mean(accs))
+  return {k: np.array(v, np.float64) for k, v in rec.items()}
+
+
+CASES = [
+    dict(norm="batchnorm", optimizer="sgd"),
+    dict(norm="noisy_batchnorm", optimizer="momentum", monitor_mode="train"),
+    # Batch-norm gradients sum to zero over the batch, so an input feature that is
+    # constant within a minibatch gets a kernel gradient of pure rounding error;
+    # Adam with a tiny eps turns its sign into a full step, so the two loops could
+    # only agree bitwise. A larger eps keeps such rounding at rounding size.
+    dict(norm="l1_batchnorm", optimizer="adam", monitor_mode="eval", adam_eps=1e-3),
+    dict(norm="layernorm", optimizer="sgd", dataset="gaussian_regression", arch="dln",
+         activation="identity", width=10, depth=4, **{"sweep.lr": (0.005, 0.01, 0.02, 0.04)}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["norm"] for c in CASES])
+def test_vmapped_group_equals_unvmapped_loop(tmp_path, case):
+  case = dict(case)
+  norm = case.pop("norm")
+  c = tiny_config(**case)
+  c.sweep.norm = (norm,)
+  if c.dataset == "gaussian_regression":
+    c.tracked_units = (0, 3)
+  ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
+  (group,) = ds.values()
+  assert group.sizes["model"] == 8  # 4 learning rates x 2 seeds, one compiled group
+  j = 5  # lr index 2, seed 1
+  static = {k: c[k] for k in c if k != "sweep"}
+  static["norm"] = norm
+  hp = {k: jnp.float32(c[k]) for k in ("lr", "momentum", "b1", "b2", "adam_eps",
+                                         "bn_momentum", "noise_mean_range", "noise_scale_low",
+                                         "noise_scale_high", "noise_mean_spread",
+                                         "noise_scale_std")}
+  hp["lr"] = jnp.float32(c.sweep.lr[2])
+  assert float(group.lr[j]) == c.sweep.lr[2] and int(group.seed[j]) == 1
+  ref = reference_run(c, static, j, hp, seed=1)
+  got = group.isel(model=j)
+  assert set(ref) == {k for k in got.data_vars if k != "diverged_step"}
+  for name, want in ref.items():
+    np.testing.assert_allclose(got[name].values, want, rtol=1e-5, atol=2e-6, err_msg=name)
+  assert int(got.diverged_step) == 0
+
+
+def test_rerun_is_bitwise_identical(tmp_path):
+  c = tiny_config()
+  c.sweep.norm = ("noisy_batchnorm",)
+  for w in ("a", "b"):
+    runner.run(c, tmp_path / w, progress=False, log=lambda *_: None)
+  for pa, pb in zip(store.segment_paths(tmp_path / "a", "main"),
+                    store.segment_paths(tmp_path / "b", "main"), strict=True):
+    with np.load(pa) as za, np.load(pb) as zb:
+      assert za.files == zb.files
+      for k in za.files:
+        np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
+
+
+def test_paired_models_share_batches_and_initial_weights(tmp_path):
+  # Recording after every step exposes step 1's pre-norm activation of layer 0,
+  # x_batch @ W0 + b0: a function of the initial weights and the minibatch only.
+  c = tiny_config(steps=4, scan_length=1, record_every=1, eval_every=2, segment_steps=4)
+  c.sweep.norm = ("none", "batchnorm", "layernorm")
+  c.sweep.lr = (0.1, 0.3)
+  ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
+  first = np.concatenate([g.preact_mean.isel(record_step=0, layer=0).values for g in ds.values()])
+  seeds = np.concatenate([g.seed.values for g in ds.values()])
+  for s in (0, 1):
+    same = first[seeds == s]
+    np.testing.assert_array_equal(same, np.broadcast_to(same[0], same.shape))
+  assert not np.allclose(first[seeds == 0][0], first[seeds == 1][0])
+  # ... and that value is the brute-force one from the reference minibatch.
+  static = {k: c[k] for k in c if k != "sweep"}
+  static["norm"] = "none"  # the variant whose first layer has a bias
+  data = data_lib.load(static)
+  model = models.build(static, data.num_outputs)
+  idx = reference_indices(c.base_seed, 1, 1, c.batch_size, data.num_train)[0]
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.base_seed), 1), 0)
+  w = model.init({"params": key}, jnp.zeros((1, 64)), train=False,
+                 hp={"bn_momentum": 0.9})["params"]["dense_0"]
+  x = np.asarray(data.train_x)[idx].astype(np.float64)
+  want = (x @ np.asarray(w["kernel"], np.float64) + np.asarray(w["bias"])).mean(0)
+  np.testing.assert_allclose(first[seeds == 1][0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_minibatches_cover_each_epoch_once():
+  n, b, steps = 37, 8, 30  # batches straddle epoch ends
+  key = jax.random.PRNGKey(3)
+  whole = np.asarray(train.segment_batch_indices(key, 0, steps, b, n)).reshape(-1)
+  for e in range(len(whole) // n):
+    assert sorted(whole[e * n:(e + 1) * n]) == list(range(n))
+  # A later segment continues the same stream.
+  later = np.asarray(train.segment_batch_indices(key, 10, steps - 10, b, n)).reshape(-1)
+  np.testing.assert_array_equal(later, whole[10 * b:])
+
+
+def test_diverging_model_is_frozen_and_isolated(tmp_path):
+  c = tiny_config(activation="relu")
+  c.sweep.norm = ("none",)
+  c.sweep.lr = (0.05, 1e30, 0.2)
+  (ds,) = runner.run(c, tmp_path / "a", progress=False, log=lambda *_: None).values()
+  c2 = tiny_config(activation="relu")
+  c2.sweep.norm = ("none",)
+  c2.sweep.lr = (0.05, 0.2)
+  (calm,) = runner.run(c2, tmp_path / "b", progress=False, log=lambda *_: None).values()
+  wild = ds.lr.values == np.float64(1e30)
+  div = ds.diverged_step.values
+  assert (div[wild] > 0).all() and (div[~wild] == 0).all()
+  for m in np.flatnonzero(wild):
+    loss = ds.train_loss.isel(model=m).values
+    at = div[m]
+    assert np.isnan(loss[at - 1:]).all() and np.isfinite(loss[:at - 1]).all()
+    assert np.isnan(ds.test_loss_eval_mode.isel(model=m).values[-1])
+  for name in calm.data_vars:
+    np.testing.assert_allclose(ds[name].values[~wild], calm[name].values, rtol=1e-5,
+                               atol=1e-7, err_msg=name)
