@@ -3,6 +3,7 @@
   python -m icsjax.main --config=configs/default.py --workdir=runs/default
 """
 
+import logging
 import sys
 
 from absl import app
@@ -22,6 +23,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  # JAX logs at INFO that it found no TPU; that is not news on a CPU or GPU machine.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   try:
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
   except (ConfigError, FileExistsError) as e:

@@ -63,6 +63,16 @@ def fixed_coords(config, g: study_lib.Group) -> dict:
           "tracked_unit": list(config.tracked_units), "quantile": list(train.QUANTILES)}
 
 
+def record_attrs(config, gr: GroupRun) -> dict:
+  b = gr.group.static["batch_size"]
+  return {"step_convention": "step t is the t-th update; per-step loss is before it, "
+                             "records and evaluations read the state after it",
+          "monitor_mode": config.monitor_mode,
+          "monitor_examples": gr.group.static["monitor_size"],
+          "test_examples_evaluated": gr.program.num_test_batches * b,
+          "train_mode_eval_batch_size": b}
+
+
 def run_segment(gr: GroupRun, start: int) -> dict:
   """Trains one group for one segment; returns its records on the host."""
   gr.state, records = gr.program.segment(gr.state, gr.hparams, gr.model_seeds, gr.data,
@@ -82,7 +92,7 @@ class Progress:
       from tqdm import tqdm
       self.bar = tqdm(total=total_steps, unit="step", file=sys.stderr, dynamic_ncols=True)
 
-  def update(self, steps: int):
+  def update(self, steps: float):
     self.done += steps
     if self.bar is not None:
       rate = self.done * self.models / max(time.perf_counter() - self.t0, 1e-9)
@@ -111,9 +121,10 @@ def run(config, workdir, *, progress: bool = True, log=print) -> dict:
       records = run_segment(gr, start)
       if seg == 0:
         store.write_schema(workdir, gr.group.name,
-                           store.make_schema(records, fixed_coords(config, gr.group)))
+                           store.make_schema(records, fixed_coords(config, gr.group),
+                                             record_attrs(config, gr)))
       store.write_segment(workdir, gr.group.name, seg, records, time_coords(config, start))
-    bar.update(config.segment_steps)
+      bar.update(config.segment_steps / len(runs))
   bar.close()
   datasets = store.load(workdir)
   table = summary_lib.format_table(summary_lib.rows(datasets, config.eval_every))

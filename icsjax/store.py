@@ -75,11 +75,12 @@ def write_schema(workdir, group: str, schema: dict) -> None:
   write_json(d / "schema.json", schema)
 
 
-def make_schema(records: dict, fixed_coords: dict) -> dict:
-  """Variable dims of a segment's record tree, plus coordinates fixed for the run."""
+def make_schema(records: dict, fixed_coords: dict, attrs: dict) -> dict:
+  """Variable dims of a segment's record tree, coordinates fixed for the run, and
+  attributes that say how the records were measured."""
   variables = {name: variable_dims(kind, name)
                for kind, tree in records.items() for name in tree}
-  return {"variables": variables, "coords": fixed_coords}
+  return {"variables": variables, "coords": fixed_coords, "attrs": attrs}
 
 
 def write_segment(workdir, group: str, index: int, records: dict,
@@ -145,6 +146,7 @@ def load_group(workdir, group: str):
   data_vars = {name: (tuple(dims), arrays[name])
                for name, dims in schema["variables"].items() if name in arrays}
   ds = xr.Dataset(data_vars, coords=coords)
+  ds.attrs.update(schema.get("attrs", {}))
   ds.attrs.update(group=group, **{f"static_{k}": v for k, v in g["static"].items()
                                   if not isinstance(v, (list, dict))})
   return ds

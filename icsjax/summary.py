@@ -57,4 +57,8 @@ def format_table(table: list[dict]) -> str:
     body.append(cells)
   widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
   line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in body])
+  note = ("mean ± std over seeds (diverged seeds excluded); train: minibatch metrics over "
+          "the last eval_every steps; test: last evaluation, eval mode = running "
+          "statistics, train-mode BN = batch statistics of test batches")
+  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in body]
+                   + [note])

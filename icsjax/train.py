@@ -234,9 +234,9 @@ class GroupProgram:
 
     def one_step(carry, xs):
       state, _ = carry
-      i, batch_idx = xs
+      step, batch_idx = xs
       state, metrics, moments = self.train_step(state, hp, data.train_x[batch_idx],
-                                                data.train_y[batch_idx], i)
+                                                data.train_y[batch_idx], step)
       return (state, moments), metrics
 
     def one_chunk(carry, xs):

@@ -11,6 +11,9 @@ sys.path.insert(0, ROOT)
 
 # Compile time dominates these tiny programs; XLA's optimisations do not pay off.
 jax.config.update("jax_disable_most_optimizations", True)
+# Equality tests compare float32 runs; on GPUs the default matmul precision may be
+# TF32, whose rounding the loops would amplify differently. (CPU ignores this.)
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def tiny_config(**overrides):

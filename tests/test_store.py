@@ -29,6 +29,7 @@ def test_records_load_with_named_dims_and_coords(tmp_path):
   np.testing.assert_allclose(bn.lr, np.repeat([0.05, 0.1, 0.2, 0.4], 2))
   np.testing.assert_array_equal(ds["norm-none"].model, np.arange(8))
   np.testing.assert_array_equal(bn.model, np.arange(8, 16))
+  assert bn.attrs["monitor_mode"] == "train" and bn.attrs["test_examples_evaluated"] == 352
   assert "running_lp_scale" in bn and "running_var" not in bn
   assert "running_mean" not in ds["norm-none"]
   # percentiles are ordered
