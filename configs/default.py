@@ -22,10 +22,13 @@ def get_config():
   c.regression_train_size = 1024
   c.regression_test_size = 1024
   c.monitor_size = 256
+  c.tfds_data_dir = ""  # TFDS datasets: "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   # model (Ioffe & Szegedy 2015: 3 x 100 sigmoid, norm before each nonlinearity)
   c.arch = "mlp"
   c.width = 100
   c.depth = 3
+  c.channels = (16, 32)  # arch="vgg" only
+  c.convs_per_stage = 1  # arch="vgg" only
   c.activation = "sigmoid"
   c.norm = "batchnorm"
   c.norm_eps = 1e-5
@@ -56,6 +59,7 @@ def get_config():
   c.tracked_units = (0, 1, 2)
   c.monitor_mode = "train"
   c.eval_batch_chunk = 64
+  c.cpu_devices = 0
   # the grid
   c.sweep = ml_collections.ConfigDict()
   c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")

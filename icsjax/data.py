@@ -2,8 +2,10 @@
 
 Raw inputs are kept beside the standardised ones so that later input
 corruptions can act on raw values and be standardised the same way.
-Standardisation is per feature with the training split's mean and standard
-deviation; a constant feature maps to zero instead of dividing by zero.
+Standardisation uses the training split's mean and standard deviation: per
+feature for vectors and the digits' pixels, per channel for TFDS images; a
+constant feature maps to zero instead of dividing by zero. Images keep their
+(height, width, channels) shape; an MLP flattens them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from icsjax import tfds_data
+
 DIGITS_SIZE = 1797  # scikit-learn's bundled 8x8 digits: 1797 images, 10 classes
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -22,7 +26,7 @@ REGRESSION = "regression"
 
 @struct.dataclass
 class Dataset:
-  train_x: jax.Array        # standardised, (n_train, features)
+  train_x: jax.Array        # standardised, (n_train, features) or (n_train, h, w, c)
   train_y: jax.Array        # int labels (classification) or targets (regression)
   test_x: jax.Array
   test_y: jax.Array
@@ -30,7 +34,7 @@ class Dataset:
   raw_train_x: jax.Array    # before standardisation
   raw_test_x: jax.Array
   feature_mean: jax.Array
-  feature_inv_std: jax.Array  # 0 for constant features
+  feature_inv_std: jax.Array  # 0 for constant features; broadcasts against one example
   name: str = struct.field(pytree_node=False)
   task: str = struct.field(pytree_node=False)
   num_outputs: int = struct.field(pytree_node=False)
@@ -43,6 +47,10 @@ class Dataset:
   def num_test(self) -> int:
     return self.test_x.shape[0]
 
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    return tuple(self.train_x.shape[1:])
+
   def standardise(self, raw_x):
     return (raw_x - self.feature_mean) * self.feature_inv_std
 
@@ -52,13 +60,15 @@ def split_sizes(static: dict) -> tuple[int, int]:
   if static["dataset"] == "digits":
     n_test = int(round(DIGITS_SIZE * static["test_fraction"]))
     return DIGITS_SIZE - n_test, n_test
+  if static["dataset"] in tfds_data.TFDS_DATASETS:
+    return tfds_data.SPLIT_SIZES[static["dataset"]]
   return static["regression_train_size"], static["regression_test_size"]
 
 
-def standardisation(raw_train_x: np.ndarray):
-  """Per-feature mean and inverse standard deviation (0 where constant)."""
-  mean = raw_train_x.mean(axis=0)
-  std = raw_train_x.std(axis=0)
+def standardisation(raw_train_x: np.ndarray, axes=(0,)):
+  """Mean and inverse standard deviation over `axes` (0 where constant)."""
+  mean = raw_train_x.mean(axis=axes)
+  std = raw_train_x.std(axis=axes)
   inv_std = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
   return mean.astype(np.float32), inv_std.astype(np.float32)
 
@@ -69,8 +79,8 @@ def _digits(static):
   assert len(x) == DIGITS_SIZE, len(x)
   order = np.random.default_rng(static["data_seed"]).permutation(len(x))
   n_train, _ = split_sizes(static)
-  x, y = x[order].astype(np.float32), y[order].astype(np.int32)
-  return (x[:n_train], y[:n_train], x[n_train:], y[n_train:]), CLASSIFICATION, 10
+  x, y = x[order].astype(np.float32).reshape(-1, 8, 8, 1), y[order].astype(np.int32)
+  return (x[:n_train], y[:n_train], x[n_train:], y[n_train:]), CLASSIFICATION, 10, (0,)
 
 
 def gaussian_regression_matrix(dim: int, data_seed: int) -> np.ndarray:
@@ -86,16 +96,23 @@ def _gaussian_regression(static):
   n_train, n_test = split_sizes(static)
   x = rng.standard_normal((n_train + n_test, dim)).astype(np.float32)
   y = x @ a.T
-  return (x[:n_train], y[:n_train], x[n_train:], y[n_train:]), REGRESSION, dim
+  return (x[:n_train], y[:n_train], x[n_train:], y[n_train:]), REGRESSION, dim, (0,)
 
 
-_LOADERS = {"digits": _digits, "gaussian_regression": _gaussian_regression}
+def _tfds(static):
+  name = static["dataset"]
+  arrays = tfds_data.load_arrays(name, static["tfds_data_dir"] or None)
+  return arrays, CLASSIFICATION, tfds_data.NUM_CLASSES[name], (0, 1, 2)  # per channel
+
+
+_LOADERS = {"digits": _digits, "gaussian_regression": _gaussian_regression,
+            **{name: _tfds for name in tfds_data.TFDS_DATASETS}}
 
 
 def load(static: dict[str, Any]) -> Dataset:
   """Loads the dataset named by a group's static config onto the default device."""
-  (raw_tr, y_tr, raw_te, y_te), task, num_outputs = _LOADERS[static["dataset"]](static)
-  mean, inv_std = standardisation(raw_tr)
+  (raw_tr, y_tr, raw_te, y_te), task, num_outputs, axes = _LOADERS[static["dataset"]](static)
+  mean, inv_std = standardisation(raw_tr, axes)
   tr = (raw_tr - mean) * inv_std
   te = (raw_te - mean) * inv_std
   arrays = dict(train_x=tr, train_y=y_tr, test_x=te, test_y=y_te,
@@ -106,7 +123,8 @@ def load(static: dict[str, Any]) -> Dataset:
 
 
 DATA_FIELDS = ("dataset", "data_seed", "test_fraction", "regression_dim",
-               "regression_train_size", "regression_test_size", "monitor_size")
+               "regression_train_size", "regression_test_size", "monitor_size",
+               "tfds_data_dir")
 
 
 def data_key(static: dict) -> tuple:

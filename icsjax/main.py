@@ -10,7 +10,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from icsjax import devices
 from icsjax import runner
+from icsjax import study as study_lib
 from icsjax.study import ConfigError
 
 FLAGS = flags.FLAGS
@@ -26,6 +28,9 @@ def main(argv):
   # JAX logs at INFO that it found no TPU; that is not news on a CPU or GPU machine.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   try:
+    study_lib.validate(FLAGS.config)  # before anything else, JAX's start included
+    if FLAGS.config.cpu_devices > 1:
+      print(devices.split_cpu_host(FLAGS.config.cpu_devices))
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
   except (ConfigError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -1,10 +1,12 @@
-"""Models: Ioffe's MLP and the deep linear network, with a norm before each nonlinearity.
+"""Models: Ioffe's MLP, the deep linear network and a VGG-style CNN, each with
+a norm before every nonlinearity.
 
 Every model returns ``(outputs, taps)``: ``taps[i] = (pre_norm, nonlin_input)``
-for hidden layer i, so records read the exact activations training used.
-Layers carry fixed names (``dense_0``, ``norm_0``, ..., ``dense_out``): Flax
-derives each layer's init key from its name, so models of one seed share the
-initial weights of every identically shaped layer, whatever their norm.
+for normalised layer i (in ``layer_names`` order), so records read the exact
+activations training used. Layers carry fixed names (``conv_0``, ``dense_0``,
+``norm_0``, ..., ``dense_out``): Flax derives each layer's init key from its
+name, so models of one seed share the initial weights of every identically
+shaped layer, whatever their norm.
 """
 
 from __future__ import annotations
@@ -19,11 +21,33 @@ ACTIVATION_FNS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "tanh": jnp.tanh,
                   "identity": lambda z: z}
 
 
-class MLP(nn.Module):
+def centres_batch(norm: str, lp_center: bool) -> bool:
+  """A batch norm that subtracts the batch mean cancels the bias before it: the
+  bias would get a gradient of pure rounding error, which Adam blows up to a
+  full step, so such layers have none (as in Ioffe & Szegedy 2015, sec. 3.2)."""
+  return norm in BATCH_NORM_KINDS and (norm not in LP_ORDER or lp_center)
+
+
+class _NormedLayers(nn.Module):
+  """Shared by the models: the norm-then-activation block and the layer list."""
+
+  def normed(self, pre, i, train, hp, taps):
+    z = Norm(self.norm, self.norm_eps, self.lp_center, name=f"norm_{i}")(
+        pre, train=train, hp=hp)
+    taps.append((pre, z))
+    return ACTIVATION_FNS[self.activation](z)
+
+  @property
+  def use_bias(self) -> bool:
+    return not centres_batch(self.norm, self.lp_center)
+
+
+class MLP(_NormedLayers):
   """depth x (Dense -> Norm -> activation), then a Dense output layer.
 
   With activation 'identity' this is the deep linear network of Santurkar et
-  al. 2018 (depth hidden layers + output = depth + 1 linear layers).
+  al. 2018 (depth hidden layers + output = depth + 1 linear layers). Image
+  inputs are flattened.
   """
   width: int
   depth: int
@@ -34,28 +58,74 @@ class MLP(nn.Module):
   lp_center: bool = True
 
   @property
-  def norm_centres_batch(self) -> bool:
-    """A batch norm that subtracts the batch mean cancels the bias before it: the
-    bias would get a gradient of pure rounding error, which Adam blows up to a
-    full step, so such layers have none (as in Ioffe & Szegedy 2015, sec. 3.2)."""
-    return self.norm in BATCH_NORM_KINDS and (self.norm not in LP_ORDER or self.lp_center)
+  def layer_names(self) -> tuple[str, ...]:
+    return tuple(f"dense_{i}" for i in range(self.depth))
+
+  @property
+  def layer_units(self) -> tuple[int, ...]:
+    return (self.width,) * self.depth
 
   @nn.compact
   def __call__(self, x, *, train: bool, hp):
-    act = ACTIVATION_FNS[self.activation]
+    x = x.reshape(x.shape[0], -1)
     taps = []
     for i in range(self.depth):
-      pre = nn.Dense(self.width, use_bias=not self.norm_centres_batch, name=f"dense_{i}")(x)
-      z = Norm(self.norm, self.norm_eps, self.lp_center, name=f"norm_{i}")(
-          pre, train=train, hp=hp)
-      taps.append((pre, z))
-      x = act(z)
+      pre = nn.Dense(self.width, use_bias=self.use_bias, name=f"dense_{i}")(x)
+      x = self.normed(pre, i, train, hp, taps)
+    return nn.Dense(self.num_outputs, name="dense_out")(x), tuple(taps)
+
+
+class VGG(_NormedLayers):
+  """VGG-style CNN: stages of 3x3 convolutions (channels[s] each, convs_per_stage
+  per stage) each followed by 2x2 max pooling; then depth x Dense(width) hidden
+  layers and a Dense output layer. Every conv and hidden dense layer is
+  Conv/Dense -> Norm -> activation; batch norms take per-channel statistics over
+  batch x height x width."""
+  channels: tuple[int, ...]
+  convs_per_stage: int
+  width: int
+  depth: int
+  num_outputs: int
+  activation: str = "relu"
+  norm: str = "none"
+  norm_eps: float = 1e-5
+  lp_center: bool = True
+
+  @property
+  def layer_names(self) -> tuple[str, ...]:
+    convs = len(self.channels) * self.convs_per_stage
+    return (tuple(f"conv_{i}" for i in range(convs))
+            + tuple(f"dense_{i}" for i in range(self.depth)))
+
+  @property
+  def layer_units(self) -> tuple[int, ...]:
+    return (tuple(c for c in self.channels for _ in range(self.convs_per_stage))
+            + (self.width,) * self.depth)
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, hp):
+    taps, i = [], 0
+    for channels in self.channels:
+      for _ in range(self.convs_per_stage):
+        pre = nn.Conv(channels, (3, 3), padding="SAME", use_bias=self.use_bias,
+                      name=f"conv_{i}")(x)
+        x = self.normed(pre, i, train, hp, taps)
+        i += 1
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    x = x.reshape(x.shape[0], -1)
+    for d in range(self.depth):
+      pre = nn.Dense(self.width, use_bias=self.use_bias, name=f"dense_{d}")(x)
+      x = self.normed(pre, i, train, hp, taps)
+      i += 1
     return nn.Dense(self.num_outputs, name="dense_out")(x), tuple(taps)
 
 
 def build(static: dict, num_outputs: int) -> nn.Module:
   """The model of a group's static config."""
+  common = dict(width=static["width"], depth=static["depth"], num_outputs=num_outputs,
+                norm=static["norm"], norm_eps=static["norm_eps"], lp_center=static["lp_center"])
+  if static["arch"] == "vgg":
+    return VGG(channels=tuple(static["channels"]), convs_per_stage=static["convs_per_stage"],
+               activation=static["activation"], **common)
   activation = "identity" if static["arch"] == "dln" else static["activation"]
-  return MLP(width=static["width"], depth=static["depth"], num_outputs=num_outputs,
-             activation=activation, norm=static["norm"], norm_eps=static["norm_eps"],
-             lp_center=static["lp_center"])
+  return MLP(activation=activation, **common)

@@ -1,6 +1,7 @@
 """Normalisation layers, exactly as DESIGN.md B.5-B.6 define them.
 
-Batch norms reduce over every axis but the last (the unit or channel axis).
+Batch norms reduce over every axis but the last (the unit or channel axis);
+layer norm over every axis but the first (the example axis).
 Train mode normalises with the statistics of the batch and updates running
 statistics; eval mode uses the running statistics. Running statistics are an
 EMA with decay ``hp["bn_momentum"]`` (Flax convention) of the batch mean and
@@ -64,8 +65,10 @@ class Norm(nn.Module):
     gamma = self.param("scale", nn.initializers.ones, (features,), x.dtype)
     beta = self.param("bias", nn.initializers.zeros, (features,), x.dtype)
     if self.kind == "layernorm":
-      mean = jnp.mean(x, axis=-1, keepdims=True)
-      var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+      # Per example over every unit of the layer (a conv layer: height x width x channels).
+      axes = tuple(range(1, x.ndim))
+      mean = jnp.mean(x, axis=axes, keepdims=True)
+      var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
       return (x - mean) * jax.lax.rsqrt(var + self.eps) * gamma + beta
     y = self._batch_normalise(x, train, hp) * gamma + beta
     # Train mode without a "noise" key is train-mode evaluation: batch statistics, no noise.

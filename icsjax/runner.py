@@ -33,21 +33,47 @@ def grid_json(study: study_lib.Study) -> dict:
           "groups": [dataclasses.asdict(g) for g in study.groups]}
 
 
+def model_sharding():
+  """The model axis laid out over every local device (None on one device)."""
+  devices = jax.local_devices()
+  if len(devices) == 1:
+    return None
+  mesh = jax.sharding.Mesh(np.array(devices), ("model",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model"))
+
+
+def pad_models(values, multiple: int):
+  """Repeats the last model's entry until the model axis divides `multiple`.
+  The copies train like any model and are dropped from the records."""
+  k = len(values)
+  return np.concatenate([values, np.repeat(values[-1:], -k % multiple, axis=0)])
+
+
 def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
   """Loads each distinct dataset once and initialises every group's models."""
   run_spec = train.RunSpec.from_config(study.config)
+  sharding = model_sharding()
+  devices = 1 if sharding is None else sharding.mesh.size
   datasets, runs = {}, []
   for g in study.groups:
     key = data_lib.data_key(g.static)
     if key not in datasets:
-      datasets[key] = data_lib.load(g.static)
+      ds = data_lib.load(g.static)
+      if sharding is not None:  # every device holds the whole dataset
+        ds = jax.device_put(ds, jax.sharding.NamedSharding(sharding.mesh,
+                                                           jax.sharding.PartitionSpec()))
+      datasets[key] = ds
     ds = datasets[key]
     program = train.GroupProgram(static=g.static, run=run_spec, task=ds.task,
-                                 num_outputs=ds.num_outputs, input_dim=ds.train_x.shape[1],
+                                 num_outputs=ds.num_outputs, input_shape=ds.input_shape,
                                  num_train=ds.num_train, num_test=ds.num_test)
-    hparams = {k: jnp.asarray(v, jnp.float32) for k, v in g.hparams.items()}
-    seeds = jnp.asarray(g.coords["seed"], jnp.int32)
-    runs.append(GroupRun(g, program, ds, hparams, seeds, program.init(seeds, hparams)))
+    hparams = {k: jnp.asarray(pad_models(np.asarray(v, np.float32), devices))
+               for k, v in g.hparams.items()}
+    seeds = jnp.asarray(pad_models(np.asarray(g.coords["seed"], np.int32), devices))
+    state = program.init(seeds, hparams)
+    if sharding is not None:
+      hparams, seeds, state = jax.device_put((hparams, seeds, state), sharding)
+    runs.append(GroupRun(g, program, ds, hparams, seeds, state))
   return runs
 
 
@@ -58,9 +84,14 @@ def time_coords(config, start: int) -> dict[str, np.ndarray]:
           "eval_step": start + np.arange(config.eval_every, seg + 1, config.eval_every)}
 
 
-def fixed_coords(config, g: study_lib.Group) -> dict:
-  return {"layer": list(range(g.static["depth"])), "unit": list(range(g.static["width"])),
-          "tracked_unit": list(config.tracked_units), "quantile": list(train.QUANTILES)}
+def fixed_coords(config, gr: GroupRun) -> dict:
+  """{name: (dims, values)} of the coordinates a group's records keep for the run."""
+  model = gr.program.model
+  return {"layer": (["layer"], list(model.layer_names)),
+          "layer_units": (["layer"], list(model.layer_units)),
+          "unit": (["unit"], list(range(gr.program.max_units))),
+          "tracked_unit": (["tracked_unit"], list(config.tracked_units)),
+          "quantile": (["quantile"], list(train.QUANTILES))}
 
 
 def record_attrs(config, gr: GroupRun) -> dict:
@@ -78,7 +109,8 @@ def run_segment(gr: GroupRun, start: int) -> dict:
   gr.state, records = gr.program.segment(gr.state, gr.hparams, gr.model_seeds, gr.data,
                                          jnp.int32(start))
   records["model"] = {"diverged_step": gr.state.diverged_step}
-  return jax.device_get(records)
+  k = gr.group.size  # drop the padding models
+  return jax.tree_util.tree_map(lambda a: np.asarray(a)[:k], jax.device_get(records))
 
 
 class Progress:
@@ -112,7 +144,8 @@ def run(config, workdir, *, progress: bool = True, log=print) -> dict:
     log(f"{workdir} holds this same config: rerunning it from step 0 "
         f"(runs are deterministic, so its records come out identical)")
   log(f"study: {len(study.groups)} group(s), {study.num_models} models, "
-      f"{config.steps} steps, on {jax.devices()[0].platform}")
+      f"{config.steps} steps, on {len(jax.local_devices())} {jax.devices()[0].platform} "
+      f"device(s)")
   runs = build_group_runs(study)
   bar = Progress(config.steps, study.num_models, progress)
   for seg in range(study.num_segments):
@@ -121,7 +154,7 @@ def run(config, workdir, *, progress: bool = True, log=print) -> dict:
       records = run_segment(gr, start)
       if seg == 0:
         store.write_schema(workdir, gr.group.name,
-                           store.make_schema(records, fixed_coords(config, gr.group),
+                           store.make_schema(records, fixed_coords(config, gr),
                                              record_attrs(config, gr)))
       store.write_segment(workdir, gr.group.name, seg, records, time_coords(config, start))
       bar.update(config.segment_steps / len(runs))

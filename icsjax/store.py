@@ -139,7 +139,7 @@ def load_group(workdir, group: str):
   grid = read_json(pathlib.Path(workdir) / "grid.json")
   g = next(g for g in grid["groups"] if g["name"] == group)
   coords = {axis: arrays[axis] for axis in TIME_AXES.values() if axis in arrays}
-  coords.update({k: np.asarray(v) for k, v in schema["coords"].items()})
+  coords.update({k: (tuple(dims), np.asarray(v)) for k, (dims, v) in schema["coords"].items()})
   coords["model"] = np.asarray(g["model_ids"])
   for k, v in g["coords"].items():
     coords[k] = ("model", np.asarray(v))

@@ -22,11 +22,14 @@ from typing import Any, Callable
 
 import ml_collections
 
+from icsjax import tfds_data
+
 NORM_KINDS = ("none", "batchnorm", "noisy_batchnorm", "layernorm",
               "l1_batchnorm", "l2_batchnorm", "linf_batchnorm")
 BATCH_NORM_KINDS = tuple(k for k in NORM_KINDS if k.endswith("batchnorm"))
-DATASETS = ("digits", "gaussian_regression")
-ARCHS = ("mlp", "dln")
+DATASETS = ("digits", "gaussian_regression") + tfds_data.TFDS_DATASETS
+IMAGE_DATASETS = ("digits",) + tfds_data.TFDS_DATASETS
+ARCHS = ("mlp", "dln", "vgg")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "identity")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 MONITOR_MODES = ("train", "eval")
@@ -70,6 +73,18 @@ def _float(lo=None, hi=None, lo_open=False, hi_open=False):
   return check
 
 
+def _positive_int_tuple(v):
+  if not isinstance(v, (tuple, list)) or not v:
+    return "must be a non-empty tuple of integers"
+  if any(isinstance(u, bool) or not isinstance(u, numbers.Integral) or u < 1 for u in v):
+    return "must hold positive integers"
+  return None
+
+
+def _str(v):
+  return None if isinstance(v, str) else "must be a string"
+
+
 def _bool(v):
   return None if isinstance(v, bool) else "must be True or False"
 
@@ -101,10 +116,13 @@ FIELDS: dict[str, Field] = {
     "regression_train_size": Field("static", _int(2), "gaussian_regression: training examples"),
     "regression_test_size": Field("static", _int(1), "gaussian_regression: test examples"),
     "monitor_size": Field("static", _int(1), "fixed training examples for percentile records"),
+    "tfds_data_dir": Field("static", _str, "TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)"),
     # model
-    "arch": Field("static", _choice(ARCHS), "mlp (Ioffe) or dln (deep linear network)"),
-    "width": Field("static", _int(1), "units per hidden layer"),
-    "depth": Field("static", _int(1), "hidden (normalised) layers; one output layer follows"),
+    "arch": Field("static", _choice(ARCHS), "mlp (Ioffe), dln (deep linear network) or vgg (CNN)"),
+    "width": Field("static", _int(1), "units per hidden dense layer"),
+    "depth": Field("static", _int(1), "hidden dense (normalised) layers; one output layer follows"),
+    "channels": Field("static", _positive_int_tuple, "vgg: channels of each conv stage"),
+    "convs_per_stage": Field("static", _int(1), "vgg: 3x3 conv layers per stage (then 2x2 pooling)"),
     "activation": Field("static", _choice(ACTIVATIONS), "nonlinearity (dln: identity)"),
     "norm": Field("static", _choice(NORM_KINDS), "normalisation before each nonlinearity"),
     "norm_eps": Field("static", _float(0, lo_open=True), "epsilon of every norm"),
@@ -134,6 +152,8 @@ FIELDS: dict[str, Field] = {
     "tracked_units": Field("run", _int_tuple, "units whose monitor-set percentiles are recorded"),
     "monitor_mode": Field("run", _choice(MONITOR_MODES), "norm mode of the percentile pass"),
     "eval_batch_chunk": Field("run", _int(1), "test batches evaluated at once (memory bound)"),
+    "cpu_devices": Field("run", _int(0), "CPU only: split the host into this many XLA devices "
+                         "and shard the model axis over them (0 or 1: leave XLA as it is)"),
 }
 DYNAMIC_FIELDS = tuple(k for k, f in FIELDS.items() if f.role == "dynamic")
 STATIC_FIELDS = tuple(k for k, f in FIELDS.items() if f.role == "static")
@@ -252,10 +272,16 @@ def _check_group(static: dict, config, label: str):
   if static["monitor_size"] > n_train:
     raise _fail("monitor_size", static["monitor_size"],
                 f"must be <= {n_train}, the training set size{where}")
-  bad = [u for u in config.tracked_units if u >= static["width"]]
+  if static["arch"] == "vgg" and static["dataset"] not in IMAGE_DATASETS:
+    raise ConfigError(f"config.dataset={static['dataset']!r} must be one of "
+                      f"{', '.join(IMAGE_DATASETS)} when arch='vgg' (a CNN needs images){where}")
+  from icsjax import models  # shapes only
+  units = min(models.build(static, 1).layer_units)
+  bad = [u for u in config.tracked_units if u >= units]
   if bad:
     raise _fail("tracked_units", tuple(config.tracked_units),
-                f"must name units below width={static['width']}{where}")
+                f"must name units below {units}, the narrowest normalised layer "
+                f"(width, channels){where}")
 
 
 def validate(config) -> dict[str, tuple]:

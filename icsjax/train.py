@@ -97,13 +97,22 @@ def batch_moments(a):
   return mean, jnp.mean(jnp.square(a - mean), axis=axes)
 
 
-def tap_moments(taps):
+def stack_layers(per_layer, units: int):
+  """Stacks per-layer (units_i, ...) arrays into (layer, units, ...), NaN-padded
+  where a layer has fewer units than the widest one."""
+  pad = lambda a: jnp.pad(a, [(0, units - a.shape[0])] + [(0, 0)] * (a.ndim - 1),
+                          constant_values=jnp.nan)
+  return jnp.stack([pad(a) for a in per_layer])
+
+
+def tap_moments(taps, units: int):
   """Batch moments of each layer's pre-norm activation and nonlinearity input, (layer, unit)."""
-  pre = [batch_moments(p) for p, _ in taps]
-  nl = [batch_moments(z) for _, z in taps]
-  stack = lambda ms, i: jnp.stack([m[i] for m in ms])
-  return {"preact_mean": stack(pre, 0), "preact_var": stack(pre, 1),
-          "nonlin_input_mean": stack(nl, 0), "nonlin_input_var": stack(nl, 1)}
+  out = {}
+  for name, which in (("preact", 0), ("nonlin_input", 1)):
+    moments = [batch_moments(tap[which]) for tap in taps]
+    out[f"{name}_mean"] = stack_layers([m for m, _ in moments], units)
+    out[f"{name}_var"] = stack_layers([v for _, v in moments], units)
+  return out
 
 
 def _all_finite(tree) -> jax.Array:
@@ -122,13 +131,21 @@ class GroupProgram:
   run: RunSpec
   task: str
   num_outputs: int
-  input_dim: int
+  input_shape: tuple[int, ...]
   num_train: int
   num_test: int
 
   @property
   def model(self) -> nn.Module:
     return models.build(self.static, self.num_outputs)
+
+  @property
+  def max_units(self) -> int:
+    return max(self.model.layer_units)
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.model.layer_units)
 
   @property
   def running_stat_names(self) -> tuple[str, ...]:
@@ -153,7 +170,7 @@ class GroupProgram:
 
   def init_model(self, seed_index, hp) -> ModelState:
     init_key = seed_key(self.run.base_seed, seed_index, KEY_INIT)
-    variables = self.model.init({"params": init_key}, jnp.zeros((1, self.input_dim)),
+    variables = self.model.init({"params": init_key}, jnp.zeros((1,) + self.input_shape),
                                 train=False, hp=hp)
     params = variables["params"]
     return ModelState(params=params, batch_stats=variables.get("batch_stats", {}),
@@ -186,22 +203,23 @@ class GroupProgram:
     metrics = {"train_loss": loss}
     if acc is not None:
       metrics["train_accuracy"] = acc
-    return state, _nan_if(diverged, metrics), tap_moments(taps)
+    return state, _nan_if(diverged, metrics), tap_moments(taps, self.max_units)
 
   def batch_records(self, state: ModelState, moments, hp, data: data_lib.Dataset, step):
     """Records due every record_every steps, from the state after update `step`."""
     rec = dict(moments)
     for name in self.running_stat_names:
-      rec[f"running_{name}"] = jnp.stack([state.batch_stats[f"norm_{i}"][name]
-                                          for i in range(self.static["depth"])])
+      rec[f"running_{name}"] = stack_layers(
+          [state.batch_stats[f"norm_{i}"][name] for i in range(self.num_layers)], self.max_units)
     train = self.run.monitor_mode == "train"
     noise_key = jax.random.fold_in(jax.random.fold_in(state.noise_key, step), 1)
     _, taps, _ = self.apply(state.params, state.batch_stats, data.monitor_x, hp, train=train,
                             noise_key=noise_key if train else None)
     units = jnp.asarray(self.run.tracked_units)
-    z = jnp.stack([z[:, units] for _, z in taps])  # (layer, example, tracked unit)
-    rec["monitor_percentiles"] = jnp.moveaxis(
-        jnp.quantile(z, jnp.asarray(QUANTILES), axis=1), 0, -1)  # (layer, unit, quantile)
+    q = jnp.asarray(QUANTILES)
+    # Over monitor examples (and, in a conv layer, every position): (layer, unit, quantile)
+    rec["monitor_percentiles"] = jnp.stack(
+        [jnp.quantile(z.reshape(-1, z.shape[-1])[:, units], q, axis=0).T for _, z in taps])
     return _nan_if(state.diverged_step > 0, rec)
 
   def evaluate(self, state: ModelState, hp, data: data_lib.Dataset):
@@ -209,7 +227,7 @@ class GroupProgram:
     (batch statistics of test batches of the training batch size, no noise),
     both over the same num_test_batches * batch_size test examples."""
     b, nb = self.static["batch_size"], self.num_test_batches
-    xs = data.test_x[:nb * b].reshape(nb, b, -1)
+    xs = data.test_x[:nb * b].reshape((nb, b) + data.test_x.shape[1:])
     ys = data.test_y[:nb * b].reshape((nb, b) + data.test_y.shape[1:])
 
     def one_batch(xy):
@@ -253,7 +271,8 @@ class GroupProgram:
 
     zero_moments = jax.tree_util.tree_map(
         jnp.zeros_like, jax.eval_shape(lambda: tap_moments(
-            self.apply(state.params, state.batch_stats, data.train_x[:2], hp, train=False)[1])))
+            self.apply(state.params, state.batch_stats, data.train_x[:2], hp, train=False)[1],
+            self.max_units)))
     rec_buf = _buffer(lambda: self.batch_records(state, zero_moments, hp, data, start_step),
                       run.segment_steps // run.record_every)
     eval_buf = _buffer(lambda: self.evaluate(state, hp, data),

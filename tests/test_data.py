@@ -29,7 +29,8 @@ def test_digits_split_and_standardisation():
   x, _ = load_digits(return_X_y=True)
   constant = x.std(0) == 0  # pixels blank in every digit
   assert constant.any()
-  tr = np.asarray(ds.train_x)
+  assert ds.input_shape == (8, 8, 1)  # images; an MLP flattens them
+  tr = np.asarray(ds.train_x).reshape(-1, 64)
   assert np.all(np.isfinite(tr))
   np.testing.assert_array_equal(tr[:, constant], 0.0)
   varying = tr.std(0) > 0
@@ -38,10 +39,11 @@ def test_digits_split_and_standardisation():
   # raw inputs are kept and standardise to the training arrays
   np.testing.assert_allclose(np.asarray(ds.standardise(ds.raw_test_x)), np.asarray(ds.test_x),
                              atol=1e-6)
-  np.testing.assert_array_equal(np.asarray(ds.monitor_x), tr[:static["monitor_size"]])
+  np.testing.assert_array_equal(np.asarray(ds.monitor_x).reshape(-1, 64),
+                                tr[:static["monitor_size"]])
   # train and test are disjoint pieces of one fixed shuffle of the 1797 images
-  rows = {tuple(r) for r in np.asarray(ds.raw_train_x)}
-  assert sum(tuple(r) in rows for r in np.asarray(ds.raw_test_x)) < 10  # digits has a few duplicates
+  rows = {tuple(r) for r in np.asarray(ds.raw_train_x).reshape(-1, 64)}
+  assert sum(tuple(r) in rows for r in np.asarray(ds.raw_test_x).reshape(-1, 64)) < 10  # digits has a few duplicates
 
 
 def test_gaussian_regression_targets_follow_a_fixed_matrix():

@@ -101,8 +101,9 @@ def ref_lp_eval(x, gamma, beta, run_mean, run_scale, eps, center):
 
 def ref_ln(x, gamma, beta, eps):
   x = np.asarray(x, np.float64)
-  mu = x.mean(-1, keepdims=True)
-  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  axes = tuple(range(1, x.ndim))  # per example, over every unit of the layer
+  mu = x.mean(axes, keepdims=True)
+  var = ((x - mu) ** 2).mean(axes, keepdims=True)
   return gamma * (x - mu) / np.sqrt(var + eps) + beta
 
 

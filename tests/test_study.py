@@ -114,7 +114,7 @@ CASES = [
     ("tracked_units-repeat", dict(tracked_units=(1, 1)), "tracked_units", ["must not repeat"]),
     # unknown choices
     ("norm-choice", dict(norm="batch_norm"), "norm", ["must be one of", ALL_NORMS]),
-    ("dataset-choice", dict(dataset="mnist"), "dataset",
+    ("dataset-choice", dict(dataset="imagenet"), "dataset",
      ["must be one of", "digits, gaussian_regression"]),
     ("arch-choice", dict(arch="cnn"), "arch", ["must be one of", "mlp, dln"]),
     ("activation-choice", dict(activation="gelu"), "activation",
@@ -147,7 +147,7 @@ CASES = [
     ("batch-one-lp-batchnorm", dict(batch_size=1, sweep__norm=("layernorm", "l1_batchnorm")),
      "batch_size", [">= 2", "l1_batchnorm"]),
     ("monitor-above-train", dict(monitor_size=2000), "monitor_size", [f"<= {DIGITS_TRAIN}"]),
-    ("tracked-not-below-width", dict(width=2), "tracked_units", ["below width=2"]),
+    ("tracked-not-below-width", dict(width=2), "tracked_units", ["below 2"]),
     ("dln-needs-identity", dict(arch="dln"), "activation", ["'identity'", "dln"]),
     # sweep structure
     ("sweep-run-field-seeds", dict(sweep__seeds=(1, 2)), "sweep.seeds",
@@ -177,7 +177,7 @@ CASES = [
      ["must be True or False"]),
     # swept values that break a check across fields or a group check
     ("sweep-width-breaks-tracked", dict(sweep__width=(2, 100)), "tracked_units",
-     ["below width=2", "width-2"]),
+     ["below 2", "width-2"]),
     ("sweep-batch-breaks-train", dict(sweep__batch_size=(60, 2000)), "batch_size",
      [f"<= {DIGITS_TRAIN}", "batch_size-2000"]),
     ("sweep-batch-one-breaks-bn", dict(sweep__batch_size=(1, 60)), "batch_size",
@@ -465,3 +465,13 @@ def test_base_seed_beyond_prng_range_is_a_config_error():
 
 def test_step_positions_must_fit_int32():
   assert_config_error(make_config(steps=500 * (2**31 // (60 * 500) + 1), segment_steps=500), "steps", "2**31")
+
+
+def test_vgg_needs_images():
+  assert_config_error(make_config(arch="vgg", dataset="gaussian_regression",
+                                  activation="relu"), "dataset", "arch='vgg'", "digits")
+
+
+def test_tracked_units_must_fit_the_narrowest_conv_stage():
+  assert_config_error(make_config(arch="vgg", channels=(2, 8), width=16, activation="relu"),
+                      "tracked_units", "below 2")

@@ -1,0 +1,30 @@
+"""Ioffe & Szegedy 2015 (arXiv:1502.03167), sec. 4.1: MNIST, 3 fully connected
+hidden layers of 100 sigmoid units, batch norm before each nonlinearity,
+minibatches of 60, 50,000 steps; Fig. 1 tracks the 15/50/85th percentiles of
+a sigmoid input. The paper does not state the learning rate; SGD at 0.5 here.
+
+  python -m icsjax.main --config=configs/ioffe_mnist.py --workdir=runs/ioffe_mnist
+
+Needs MNIST prepared for TFDS once (README, "TFDS datasets").
+Runtime: RUNTIME_NOTE
+"""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.dataset = "mnist"
+  c.arch, c.width, c.depth, c.activation = "mlp", 100, 3, "sigmoid"
+  c.batch_size = 60
+  c.optimizer, c.lr = "sgd", 0.5
+  c.monitor_size = 1000
+  c.seeds = 5
+  c.steps = 50_000
+  c.scan_length = 100
+  c.record_every = 500
+  c.eval_every = 1000
+  c.segment_steps = 5000
+  c.sweep.norm = ("none", "batchnorm")
+  c.sweep.lr = (0.5,)
+  return c

@@ -1,0 +1,31 @@
+"""Santurkar et al. 2018 (arXiv:1805.11604), sec. 3 / App.: a 25-layer deep
+linear network (24 normalised hidden layers of 10 units + a linear output)
+on synthetic Gaussian regression y = A x, trained by full-batch gradient
+descent, with and without batch norm, over a range of learning rates.
+
+  python -m icsjax.main --config=configs/santurkar_dln.py --workdir=runs/dln
+
+Embedded data: runs offline. Runtime: RUNTIME_NOTE
+"""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.dataset = "gaussian_regression"
+  c.regression_dim, c.regression_train_size, c.regression_test_size = 10, 1024, 1024
+  c.arch, c.activation = "dln", "identity"
+  c.width, c.depth = 10, 24
+  c.batch_size = 1024  # full batch: gradient descent
+  c.optimizer = "sgd"
+  c.tracked_units = (0, 1, 2)
+  c.seeds = 5
+  c.steps = 10_000
+  c.scan_length = 100
+  c.record_every = 500
+  c.eval_every = 500
+  c.segment_steps = 2000
+  c.sweep.norm = ("none", "batchnorm")
+  c.sweep.lr = (1e-3, 3e-3, 1e-2, 3e-2)
+  return c

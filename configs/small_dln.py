@@ -1,0 +1,19 @@
+"""CPU-sized deep linear network (configs/santurkar_dln.py with 256 examples
+and 2,000 full-batch steps).
+
+  python -m icsjax.main --config=configs/small_dln.py --workdir=runs/small_dln
+
+Runtime: RUNTIME_NOTE
+"""
+
+from configs import santurkar_dln
+
+
+def get_config():
+  c = santurkar_dln.get_config()
+  c.regression_train_size = c.regression_test_size = c.batch_size = 256
+  c.monitor_size = 256
+  c.seeds = 3
+  c.steps = 2000
+  c.segment_steps = 1000
+  return c

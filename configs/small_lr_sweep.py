@@ -1,0 +1,19 @@
+"""CPU-sized learning-rate sweep after Bjorck et al. 2018: a ReLU MLP on the
+embedded digits at learning rates from 0.01 to 10, with and without batch norm.
+
+  python -m icsjax.main --config=configs/small_lr_sweep.py --workdir=runs/small_lr
+
+Runtime: RUNTIME_NOTE
+"""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.activation = "relu"
+  c.seeds = 3
+  c.steps = 2000
+  c.sweep.norm = ("none", "batchnorm")
+  c.sweep.lr = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+  return c

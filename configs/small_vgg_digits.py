@@ -1,0 +1,21 @@
+"""CPU-sized stand-in for Santurkar et al.'s VGG experiment: a small VGG-style
+CNN on the embedded 8x8 digits, standard vs batch norm vs noisy batch norm.
+
+  python -m icsjax.main --config=configs/small_vgg_digits.py --workdir=runs/small_vgg
+
+Runtime: RUNTIME_NOTE
+"""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.arch, c.activation = "vgg", "relu"
+  c.channels, c.convs_per_stage = (8, 16), 1
+  c.width, c.depth = 32, 1
+  c.seeds = 3
+  c.steps = 2000
+  c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")
+  c.sweep.lr = (0.1,)
+  return c
