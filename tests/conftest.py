@@ -9,7 +9,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# Compile time dominates these tiny programs; XLA's optimisations do not pay off.
+# Compile time dominates these tiny programs; XLA's optimisations do not pay off,
+# except for convolutions: unoptimised, vmapped ones run some 25x slower, so
+# tests of VGG models switch optimisations back on around their run.
 jax.config.update("jax_disable_most_optimizations", True)
 # Equality tests compare float32 runs; on GPUs the default matmul precision may be
 # TF32, whose rounding the loops would amplify differently. (CPU ignores this.)

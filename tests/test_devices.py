@@ -1,0 +1,66 @@
+"""The model axis sharded over several (virtual CPU) devices."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from conftest import ROOT
+from icsjax import runner
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from icsjax import devices
+    print(devices.split_cpu_host(4))
+    import jax
+    jax.config.update("jax_disable_most_optimizations", True)
+    from conftest import tiny_config
+    from icsjax import runner
+    c = tiny_config()
+    c.sweep.norm = ("noisy_batchnorm",)
+    c.sweep.lr = (0.05, 0.1, 0.4)  # 6 models: padded to 8 over 4 devices
+    runner.run(c, {workdir!r}, progress=False)
+    print("devices", jax.device_count(), runner.model_sharding().mesh.size)
+""")
+
+
+def run_python(code, **env):
+  full_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  full_env.update(env)
+  return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env=full_env)
+
+
+def test_four_virtual_devices_match_one(tmp_path):
+  tests = os.path.join(ROOT, "tests")
+  out = run_python(SCRIPT.format(tests=tests, workdir=str(tmp_path / "four")))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "CPU split into 4 devices" in out.stdout and "devices 4 4" in out.stdout
+  from conftest import tiny_config
+  c = tiny_config()
+  c.sweep.norm = ("noisy_batchnorm",)
+  c.sweep.lr = (0.05, 0.1, 0.4)
+  one = runner.run(c, tmp_path / "one", progress=False, log=lambda *_: None)
+  four = runner.store.load(tmp_path / "four")
+  assert list(one) == list(four)
+  for group in one:
+    assert four[group].sizes["model"] == 6  # padding models dropped
+    np.testing.assert_array_equal(four[group].model, one[group].model)
+    for name in one[group].data_vars:
+      np.testing.assert_allclose(four[group][name].values, one[group][name].values,
+                                 rtol=1e-5, atol=1e-6, err_msg=f"{group}/{name}")
+
+
+def test_split_respects_user_flags_and_a_started_jax():
+  kept = run_python("from icsjax import devices; print(devices.split_cpu_host(4));"
+                    "import jax; print(jax.device_count())",
+                    XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  assert kept.returncode == 0, kept.stderr[-2000:]
+  assert "kept it" in kept.stdout and kept.stdout.split()[-1] == "2"
+  late = run_python("import jax; jax.devices(); from icsjax import devices;"
+                    "print(devices.split_cpu_host(4)); print(jax.device_count())")
+  assert late.returncode == 0, late.stderr[-2000:]
+  assert "no effect" in late.stdout and late.stdout.split()[-1] == "1"

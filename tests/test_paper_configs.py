@@ -1,0 +1,60 @@
+"""Every config in configs/ validates as shipped and runs a few steps
+(TFDS datasets mocked: the mock returns the same examples for train and test)."""
+
+import importlib
+import pathlib
+
+import jax
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import ROOT
+from icsjax import runner
+from icsjax import study
+
+CONFIGS = sorted(p.stem for p in pathlib.Path(ROOT, "configs").glob("*.py"))
+
+
+def shortened(config):
+  """Same layer structure; two steps, one seed, the last swept value of each
+  static field (the norm variants share all code but the norm, tested
+  elsewhere), the first swept value of each dynamic field (sweeping those
+  never changes the compiled code), and
+  conv stages at most 8 channels wide: a paper-size VGG step takes minutes on
+  a 2-core CPU (its full size is validated, and timed on a GPU by
+  benchmarks/study_rate.py)."""
+  c = config
+  c.channels = tuple(min(ch, 8) for ch in c.channels)
+  if c.arch == "vgg":
+    c.width = min(c.width, 16)
+  c.steps = c.segment_steps = c.record_every = c.eval_every = c.scan_length = 2
+  c.seeds = 1
+  c.monitor_size = 16
+  for name in list(c.sweep):
+    keep = slice(0, 1) if study.FIELDS[name].role == "dynamic" else slice(-1, None)
+    c.sweep[name] = c.sweep[name][keep]
+  return c
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_docstring_gives_command_and_runtime(name):
+  doc = importlib.import_module(f"configs.{name}").__doc__
+  assert doc and f"--config=configs/{name}.py" in doc
+  assert "Runtime:" in doc and "RUNTIME_NOTE" not in doc
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_validates_and_runs(name, tmp_path):
+  module = importlib.import_module(f"configs.{name}")
+  full = study.expand(module.get_config())  # the config as shipped
+  c = shortened(module.get_config())
+  jax.config.update("jax_disable_most_optimizations", c.arch != "vgg")  # see conftest
+  try:
+    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+      ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
+  finally:
+    jax.config.update("jax_disable_most_optimizations", True)
+  assert full.groups[-1].name == list(ds)[-1] and len(ds) == 1
+  for g in ds.values():
+    assert g.sizes["step"] == 2 and (g.diverged_step == 0).all()
+    assert float(g.train_loss.isel(step=0).min()) > 0
