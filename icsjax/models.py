@@ -29,7 +29,14 @@ def centres_batch(norm: str, lp_center: bool) -> bool:
 
 
 class _NormedLayers(nn.Module):
-  """Shared by the models: the norm-then-activation block and the layer list."""
+  """Shared by the models: their common fields and the norm-then-activation block."""
+  width: int
+  depth: int
+  num_outputs: int
+  activation: str = "sigmoid"
+  norm: str = "none"
+  norm_eps: float = 1e-5
+  lp_center: bool = True
 
   def normed(self, pre, i, train, hp, taps):
     z = Norm(self.norm, self.norm_eps, self.lp_center, name=f"norm_{i}")(
@@ -49,13 +56,6 @@ class MLP(_NormedLayers):
   al. 2018 (depth hidden layers + output = depth + 1 linear layers). Image
   inputs are flattened.
   """
-  width: int
-  depth: int
-  num_outputs: int
-  activation: str = "sigmoid"
-  norm: str = "none"
-  norm_eps: float = 1e-5
-  lp_center: bool = True
 
   @property
   def layer_names(self) -> tuple[str, ...]:
@@ -81,15 +81,8 @@ class VGG(_NormedLayers):
   layers and a Dense output layer. Every conv and hidden dense layer is
   Conv/Dense -> Norm -> activation; batch norms take per-channel statistics over
   batch x height x width."""
-  channels: tuple[int, ...]
-  convs_per_stage: int
-  width: int
-  depth: int
-  num_outputs: int
-  activation: str = "relu"
-  norm: str = "none"
-  norm_eps: float = 1e-5
-  lp_center: bool = True
+  channels: tuple[int, ...] = (16, 32)
+  convs_per_stage: int = 1
 
   @property
   def layer_names(self) -> tuple[str, ...]:
