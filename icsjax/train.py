@@ -197,9 +197,9 @@ class GroupProgram:
     ok = jnp.isfinite(loss) & _all_finite((params, new_stats)) & ~was_diverged
     new = state.replace(params=params, batch_stats=new_stats, opt_state=opt_state)
     state = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, state)
-    diverged = was_diverged | ~ok
-    state = state.replace(diverged_step=jnp.where(was_diverged | ok, state.diverged_step,
-                                                  step.astype(jnp.int32)))
+    diverged = ~ok  # now or earlier
+    state = state.replace(diverged_step=jnp.where(diverged & ~was_diverged,
+                                                  step.astype(jnp.int32), state.diverged_step))
     metrics = {"train_loss": loss}
     if acc is not None:
       metrics["train_accuracy"] = acc
