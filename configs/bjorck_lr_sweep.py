@@ -2,7 +2,7 @@
 a network train at learning rates that make the unnormalised one diverge.
 The paper uses ResNet-110 on CIFAR-10; here icsjax's VGG on CIFAR-10, SGD,
 batch 128, over learning rates from 1e-4 to 1, with and without batch norm.
-Diverged models are frozen and flagged (`diverged_step`).
+Diverged models are flagged (`diverged_step`) and read NaN from then on.
 
   python -m icsjax.main --config=configs/bjorck_lr_sweep.py --workdir=runs/bjorck
 

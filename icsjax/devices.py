@@ -15,6 +15,19 @@ import os
 FLAG = "--xla_force_host_platform_device_count"
 
 
+def auto_cpu_devices() -> int:
+  """One XLA device per usable core. On a 2-core host, 2 devices ran 32 Ioffe
+  MLPs about 20% faster than one, and 4 or 8 were slower than 2
+  (benchmarks/vs_pytorch.py, README "Performance"). On a GPU or TPU host the
+  split only shapes the CPU platform, which the study does not use."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def requested(cpu_devices: int) -> int:
+  """The device count a config's cpu_devices asks for (0: automatic)."""
+  return cpu_devices if cpu_devices > 0 else auto_cpu_devices()
+
+
 def split_cpu_host(count: int) -> str:
   """Asks XLA for `count` CPU devices; returns what was done, in words."""
   if count <= 1:

@@ -29,8 +29,7 @@ def main(argv):
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   try:
     study_lib.validate(FLAGS.config)  # before anything else, JAX's start included
-    if FLAGS.config.cpu_devices > 1:
-      print(devices.split_cpu_host(FLAGS.config.cpu_devices))
+    print(devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices)))
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
   except (ConfigError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)

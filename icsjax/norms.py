@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 LP_ORDER = {"l1_batchnorm": 1.0, "l2_batchnorm": 2.0, "linf_batchnorm": math.inf}
+NOISY_NORMS = ("noisy_batchnorm",)  # the kinds that draw from the "noise" rng in train mode
 RUNNING_STAT_NAMES = {"batchnorm": ("mean", "var"), "noisy_batchnorm": ("mean", "var"),
                       **{k: ("mean", "lp_scale") for k in LP_ORDER}}
 
@@ -72,7 +73,7 @@ class Norm(nn.Module):
       return (x - mean) * jax.lax.rsqrt(var + self.eps) * gamma + beta
     y = self._batch_normalise(x, train, hp) * gamma + beta
     # Train mode without a "noise" key is train-mode evaluation: batch statistics, no noise.
-    if self.kind == "noisy_batchnorm" and train and self.has_rng("noise"):
+    if self.kind in NOISY_NORMS and train and self.has_rng("noise"):
       s, m = santurkar_noise(self.make_rng("noise"), x.shape, hp, x.dtype)
       y = s * y + m
     return y

@@ -33,12 +33,20 @@ def grid_json(study: study_lib.Study) -> dict:
           "groups": [dataclasses.asdict(g) for g in study.groups]}
 
 
-def model_sharding():
-  """The model axis laid out over every local device (None on one device)."""
-  devices = jax.local_devices()
-  if len(devices) == 1:
+def devices_for(num_models: int, available: int) -> int:
+  """How many devices a group's model axis spans: the fewest models per device,
+  then the least padding (9 models on 4 devices: 3 devices of 3, not 4 of 3)."""
+  per_device = lambda d: -(-num_models // d)
+  return min(range(1, min(num_models, available) + 1),
+             key=lambda d: (per_device(d), d * per_device(d) - num_models))
+
+
+def model_sharding(num_models: int):
+  """The model axis laid out over the local devices that share it best (None: one)."""
+  d = devices_for(num_models, jax.local_device_count())
+  if d == 1:
     return None
-  mesh = jax.sharding.Mesh(np.array(devices), ("model",))
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:d]), ("model",))
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model"))
 
 
@@ -52,21 +60,21 @@ def pad_models(values, multiple: int):
 def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
   """Loads each distinct dataset once and initialises every group's models."""
   run_spec = train.RunSpec.from_config(study.config)
-  sharding = model_sharding()
-  devices = 1 if sharding is None else sharding.mesh.size
-  datasets, runs = {}, []
+  loaded, placed, runs = {}, {}, []
   for g in study.groups:
     key = data_lib.data_key(g.static)
-    if key not in datasets:
-      ds = data_lib.load(g.static)
-      if sharding is not None:  # every device holds the whole dataset
-        ds = jax.device_put(ds, jax.sharding.NamedSharding(sharding.mesh,
-                                                           jax.sharding.PartitionSpec()))
-      datasets[key] = ds
-    ds = datasets[key]
+    if key not in loaded:
+      loaded[key] = data_lib.load(g.static)
+    sharding = model_sharding(g.size)
+    devices = 1 if sharding is None else sharding.mesh.size
+    if (key, devices) not in placed:  # every device of the group holds the whole dataset
+      placed[key, devices] = loaded[key] if sharding is None else jax.device_put(
+          loaded[key], jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+    ds = placed[key, devices]
     program = train.GroupProgram(static=g.static, run=run_spec, task=ds.task,
                                  num_outputs=ds.num_outputs, input_shape=ds.input_shape,
-                                 num_train=ds.num_train, num_test=ds.num_test)
+                                 num_train=ds.num_train, num_test=ds.num_test,
+                                 devices=devices, models_per_device=-(-g.size // devices))
     hparams = {k: jnp.asarray(pad_models(np.asarray(v, np.float32), devices))
                for k, v in g.hparams.items()}
     seeds = jnp.asarray(pad_models(np.asarray(g.coords["seed"], np.int32), devices))

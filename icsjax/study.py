@@ -153,7 +153,7 @@ FIELDS: dict[str, Field] = {
     "monitor_mode": Field("run", _choice(MONITOR_MODES), "norm mode of the percentile pass"),
     "eval_batch_chunk": Field("run", _int(1), "test batches evaluated at once (memory bound)"),
     "cpu_devices": Field("run", _int(0), "CPU only: split the host into this many XLA devices "
-                         "and shard the model axis over them (0 or 1: leave XLA as it is)"),
+                         "and shard the model axis over them (0: one per core; 1: no split)"),
 }
 DYNAMIC_FIELDS = tuple(k for k, f in FIELDS.items() if f.role == "dynamic")
 STATIC_FIELDS = tuple(k for k, f in FIELDS.items() if f.role == "static")

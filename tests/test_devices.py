@@ -21,9 +21,9 @@ SCRIPT = textwrap.dedent("""
     from icsjax import runner
     c = tiny_config()
     c.sweep.norm = ("noisy_batchnorm",)
-    c.sweep.lr = (0.05, 0.1, 0.4)  # 6 models: padded to 8 over 4 devices
+    c.seeds, c.sweep.lr = 5, (0.1,)  # 5 models: 3 devices of 2, one padding model
     runner.run(c, {workdir!r}, progress=False)
-    print("devices", jax.device_count(), runner.model_sharding().mesh.size)
+    print("devices", jax.device_count(), runner.model_sharding(5).mesh.size)
 """)
 
 
@@ -38,16 +38,16 @@ def test_four_virtual_devices_match_one(tmp_path):
   tests = os.path.join(ROOT, "tests")
   out = run_python(SCRIPT.format(tests=tests, workdir=str(tmp_path / "four")))
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "CPU split into 4 devices" in out.stdout and "devices 4 4" in out.stdout
+  assert "CPU split into 4 devices" in out.stdout and "devices 4 3" in out.stdout
   from conftest import tiny_config
   c = tiny_config()
   c.sweep.norm = ("noisy_batchnorm",)
-  c.sweep.lr = (0.05, 0.1, 0.4)
+  c.seeds, c.sweep.lr = 5, (0.1,)
   one = runner.run(c, tmp_path / "one", progress=False, log=lambda *_: None)
   four = runner.store.load(tmp_path / "four")
   assert list(one) == list(four)
   for group in one:
-    assert four[group].sizes["model"] == 6  # padding models dropped
+    assert four[group].sizes["model"] == 5  # the padding model dropped
     np.testing.assert_array_equal(four[group].model, one[group].model)
     for name in one[group].data_vars:
       np.testing.assert_allclose(four[group][name].values, one[group][name].values,
@@ -64,3 +64,28 @@ def test_split_respects_user_flags_and_a_started_jax():
                     "print(devices.split_cpu_host(4)); print(jax.device_count())")
   assert late.returncode == 0, late.stderr[-2000:]
   assert "no effect" in late.stdout and late.stdout.split()[-1] == "1"
+
+
+def test_devices_for_prefers_fewest_models_per_device_then_least_padding():
+  assert runner.devices_for(1, 8) == 1
+  assert runner.devices_for(10, 4) == 4    # 3 per device beats 5
+  assert runner.devices_for(9, 4) == 3     # 3 + 3 + 3, not 3 + 3 + 3 + 3 padded
+  assert runner.devices_for(10, 2) == 2
+  assert runner.devices_for(5, 4) == 3     # 2 + 2 + 1, one padding model
+  assert runner.devices_for(128, 2) == 2
+  assert runner.devices_for(128, 16) == 16
+  assert runner.devices_for(7, 16) == 7
+  for k in range(1, 40):
+    for n in range(1, 10):
+      d = runner.devices_for(k, n)
+      assert 1 <= d <= min(k, n)
+      # no device count does better on the first criterion
+      assert -(-k // d) == min(-(-k // e) for e in range(1, min(k, n) + 1))
+
+
+def test_cpu_devices_zero_splits_one_device_per_core():
+  out = run_python("from icsjax import devices; print(devices.split_cpu_host(devices.requested(0)));"
+                   "import jax; print(jax.device_count(), devices.auto_cpu_devices())")
+  assert out.returncode == 0, out.stderr[-2000:]
+  count, cores = out.stdout.split()[-2:]
+  assert count == cores == str(len(os.sched_getaffinity(0)))

@@ -235,7 +235,7 @@ def test_minibatches_cover_each_epoch_once():
   np.testing.assert_array_equal(later, whole[10 * b:])
 
 
-def test_diverging_model_is_frozen_and_isolated(tmp_path):
+def test_diverging_model_is_flagged_and_isolated(tmp_path):
   c = tiny_config(activation="relu")
   c.sweep.norm = ("none",)
   c.sweep.lr = (0.05, 1e30, 0.2)
@@ -255,3 +255,23 @@ def test_diverging_model_is_frozen_and_isolated(tmp_path):
   for name in calm.data_vars:
     np.testing.assert_allclose(ds[name].values[~wild], calm[name].values, rtol=1e-5,
                                atol=1e-7, err_msg=name)
+
+
+def test_models_are_trained_in_per_device_chunks():
+  assert [train.model_chunk(n) for n in (1, 2, 3, 4, 5, 6, 7, 8, 16, 64)] == \
+      [1, 2, 3, 4, 5, 3, 7, 4, 4, 4]
+  k, devices, chunk = 16, 2, 2
+  seen = []
+
+  def fn(x):  # each round: its models minus the smallest, so rounds are told apart
+    seen.append(x.shape)
+    return x - jnp.min(x)
+
+  out = np.asarray(train._in_chunks(fn, jnp.arange(k), devices, chunk))
+  per_device = k // devices
+  expected = np.empty(k, int)
+  for r in range(per_device // chunk):  # brute force: round r takes chunk models per device
+    members = [d * per_device + r * chunk + i for d in range(devices) for i in range(chunk)]
+    expected[members] = np.array(members) - min(members)
+  np.testing.assert_array_equal(out, expected)
+  assert seen == [(devices * chunk,)]  # lax.map traces fn once

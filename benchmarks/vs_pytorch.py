@@ -1,0 +1,264 @@
+"""The study loop against PyTorch and the machine's matmul ceiling, side by side.
+
+  pip install -r benchmarks/requirements.txt
+  python benchmarks/vs_pytorch.py [--ks=1,8,32,128] [--steps=200] [--repeats=3]
+
+Workload (issue 4): Ioffe's MLP 784-100-100-100-10 with sigmoids, batch 60,
+SGD, on 60,000 in-memory 784-dimensional inputs (random MNIST-shaped images,
+standardised as icsjax does; every method reads the same arrays). K models
+= 8 learning rates x K/8 seeds (K=1: one model); models of one seed share
+their minibatch order. Without and with batch norm. Methods:
+
+  icsjax study     the default study's code path: the CPU split into devices
+                   as main.py does it, runner.build_group_runs/run_segment, one
+                   record and one evaluation (600 test examples) per segment;
+  JAX sequential   the same code path for one model, run K times in sequence;
+  torch sequential nn.Sequential + torch.optim.SGD, the K models in turn;
+  torch.func       functional_call-style params stacked over models,
+                   vmap(grad(loss)), manual SGD, batch norm's running
+                   statistics updated as in icsjax;
+  ceiling          a jitted float32 2048x2048 matmul in JAX, timed between the
+                   methods in every repeat (PyTorch's rate printed once).
+
+Sequential methods time --sequential_models of the K models (their rate does
+not depend on K). Figures are medians of --repeats interleaved repeats after
+one warm-up call per method. FLOPs = 6 x multiply-adds x batch (batch norm's
+elementwise work is not counted).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from icsjax import devices  # noqa: E402  (imports no JAX: the split must come first)
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--ks", default="1,8,32,128", help="comma-separated model counts")
+parser.add_argument("--norms", default="none,batchnorm")
+parser.add_argument("--steps", type=int, default=200, help="steps per timed call")
+parser.add_argument("--repeats", type=int, default=3)
+parser.add_argument("--sequential_models", type=int, default=16,
+                    help="models the sequential methods time (0: all K)")
+parser.add_argument("--cpu_devices", type=int, default=0,
+                    help="as config.cpu_devices (0: automatic, as the default study)")
+ARGS = parser.parse_args()
+SPLIT = devices.split_cpu_host(ARGS.cpu_devices or devices.auto_cpu_devices())
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from configs import ioffe_mnist  # noqa: E402
+from icsjax import runner  # noqa: E402
+from icsjax import study as study_lib  # noqa: E402
+from icsjax import tfds_data  # noqa: E402
+
+BATCH, WIDTH, DEPTH, INPUTS, CLASSES = 60, 100, 3, 784, 10
+NUM_TRAIN, NUM_TEST = 60_000, 600
+MACS = INPUTS * WIDTH + (DEPTH - 1) * WIDTH * WIDTH + WIDTH * CLASSES
+FLOP_PER_MODEL_STEP = 6 * MACS * BATCH
+BN_MOMENTUM, BN_EPS = 0.99, 1e-5
+
+
+def random_mnist(name, data_dir=None):
+  del name, data_dir
+  rng = np.random.default_rng(0)
+  split = lambda n: (rng.random((n, 28, 28, 1), np.float32),
+                     rng.integers(0, CLASSES, n).astype(np.int32))
+  return split(NUM_TRAIN) + split(NUM_TEST)
+
+
+def learning_rates(k):
+  return (0.5,) if k == 1 else tuple(0.05 * 1.5 ** i for i in range(8))
+
+
+def study_config(k, norm, steps):
+  c = ioffe_mnist.get_config()
+  c.seeds = max(k // 8, 1)
+  c.sweep.norm = (norm,)
+  c.sweep.lr = learning_rates(k)
+  c.monitor_size = 256
+  c.scan_length = 50
+  c.segment_steps = c.record_every = c.eval_every = steps
+  c.steps = steps * 10_000
+  return c
+
+
+class JaxGroup:
+  """One group of the study path, advanced one segment per call."""
+
+  def __init__(self, config):
+    (self.run,) = runner.build_group_runs(study_lib.expand(config))
+    self.steps, self.start = config.segment_steps, 0
+
+  def __call__(self):
+    runner.run_segment(self.run, self.start)
+    self.start += self.steps
+
+
+def jax_sequential(single: JaxGroup, models: int):
+  def call():
+    for _ in range(models):
+      single()
+  return call
+
+
+def torch_mlp(norm):
+  bn = norm == "batchnorm"
+  layers, d = [], INPUTS
+  for _ in range(DEPTH):
+    layers.append(nn.Linear(d, WIDTH, bias=not bn))
+    if bn:
+      layers.append(nn.BatchNorm1d(WIDTH, eps=BN_EPS, momentum=1 - BN_MOMENTUM))
+    layers.append(nn.Sigmoid())
+    d = WIDTH
+  return nn.Sequential(*layers, nn.Linear(d, CLASSES))
+
+
+def torch_sequential(x, y, indices, lrs, norm, models):
+  nets = [torch_mlp(norm) for _ in range(models)]
+  seeds = indices.shape[0]
+
+  def call():
+    for k, net in enumerate(nets):
+      opt = torch.optim.SGD(net.parameters(), lr=lrs[k])
+      for idx in indices[k % seeds]:
+        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+  return call
+
+
+def torch_func(x, y, indices, lrs, norm):
+  """The K models as one torch.func ensemble: vmap(grad) over stacked parameters."""
+  from torch.func import grad, stack_module_state, vmap
+  k = len(lrs)
+  bn = norm == "batchnorm"
+  params, _ = stack_module_state([torch_mlp(norm) for _ in range(k)])
+  params = {n: p.detach() for n, p in params.items()}
+  per = 3 if bn else 2  # modules per hidden layer
+  running = [(torch.zeros(k, WIDTH), torch.ones(k, WIDTH)) for _ in range(DEPTH)]
+
+  def loss_fn(p, xb, yb):
+    stats, h = [], xb
+    for i in range(DEPTH):
+      h = h @ p[f"{per * i}.weight"].T
+      if bn:
+        mean = h.mean(0)
+        var = ((h - mean) ** 2).mean(0)
+        h = ((h - mean) * torch.rsqrt(var + BN_EPS) * p[f"{per * i + 1}.weight"]
+             + p[f"{per * i + 1}.bias"])
+        stats.append((mean, var))
+      else:
+        h = h + p[f"{per * i}.bias"]
+      h = torch.sigmoid(h)
+    out = h @ p[f"{per * DEPTH}.weight"].T + p[f"{per * DEPTH}.bias"]
+    return nn.functional.cross_entropy(out, yb), stats
+
+  grads_fn = vmap(grad(loss_fn, has_aux=True))
+  lr = torch.tensor(lrs, dtype=torch.float32)
+  seeds = torch.arange(k) % indices.shape[0]
+  unbias = BATCH / (BATCH - 1)
+
+  def call():
+    nonlocal params
+    for t in range(indices.shape[1]):
+      idx = indices[seeds, t]
+      grads, stats = grads_fn(params, x[idx], y[idx])
+      params = {n: p - lr.view((k,) + (1,) * (p.ndim - 1)) * grads[n] for n, p in params.items()}
+      for (rm, rv), (mean, var) in zip(running, stats):
+        rm.mul_(BN_MOMENTUM).add_((1 - BN_MOMENTUM) * mean)
+        rv.mul_(BN_MOMENTUM).add_((1 - BN_MOMENTUM) * unbias * var)
+  return call
+
+
+MATMUL_SIZE, MATMUL_REPS = 2048, 5
+
+
+def jax_matmul():
+  """The ceiling: a jitted float32 (2048 x 2048) @ (2048 x 2048), MATMUL_REPS times."""
+  a = jax.numpy.ones((MATMUL_SIZE, MATMUL_SIZE), jax.numpy.float32)
+  f = jax.jit(lambda a: a @ a)
+
+  def call():
+    for _ in range(MATMUL_REPS):
+      f(a).block_until_ready()
+  return call
+
+
+def torch_matmul_gflops():
+  a = torch.ones(MATMUL_SIZE, MATMUL_SIZE)
+  a @ a
+  t = time.perf_counter()
+  for _ in range(MATMUL_REPS):
+    a @ a
+  return MATMUL_REPS * 2 * MATMUL_SIZE ** 3 / (time.perf_counter() - t) / 1e9
+
+
+def bench_one(k, norm, single, x, y):
+  steps = ARGS.steps
+  seq_models = min(k, ARGS.sequential_models or k)
+  rng = np.random.default_rng(k)
+  indices = torch.from_numpy(rng.integers(0, NUM_TRAIN, (max(k // 8, 1), steps, BATCH)))
+  lrs = [lr for lr in learning_rates(k) for _ in range(max(k // 8, 1))]
+  methods = {  # name: (call, models each call trains)
+      "icsjax study": (JaxGroup(study_config(k, norm, steps)), k),
+      "JAX sequential": (jax_sequential(single, seq_models), seq_models),
+      "torch sequential": (torch_sequential(x, y, indices, lrs, norm, seq_models), seq_models),
+      "torch.func": (torch_func(x, y, indices, lrs, norm), k),
+      "ceiling": (jax_matmul(), None),
+  }
+  times = {name: [] for name in methods}
+  for call, _ in methods.values():
+    call()  # warm-up: compilation, allocator, caches
+  for _ in range(ARGS.repeats):
+    for name, (call, _) in methods.items():
+      t = time.perf_counter()
+      call()
+      times[name].append(time.perf_counter() - t)
+  rates = {name: models * steps / statistics.median(times[name])
+           for name, (_, models) in methods.items() if models}
+  ceiling = MATMUL_REPS * 2 * MATMUL_SIZE ** 3 / statistics.median(times["ceiling"]) / 1e9
+  study = rates["icsjax study"]
+  gflops = study * FLOP_PER_MODEL_STEP / 1e9
+  cells = [f"{rates[n]:>10,.0f}" for n in rates]
+  print(f"{norm:10s} {k:4d} " + " ".join(cells)
+        + f" {gflops:8.1f} {ceiling:8.0f} {100 * gflops / ceiling:6.0f}%"
+        + f" {study / rates['torch.func']:6.2f}x {study / rates['torch sequential']:6.2f}x",
+        flush=True)
+  return rates
+
+
+def main():
+  ks = [int(k) for k in ARGS.ks.split(",")]
+  norms = ARGS.norms.split(",")
+  tfds_data.load_arrays = random_mnist
+  cores = len(os.sched_getaffinity(0))
+  print(f"jax {jax.__version__}: {len(jax.devices())} {jax.devices()[0].platform} device(s) "
+        f"({SPLIT}) on {cores} cores; torch {torch.__version__}: "
+        f"{torch.get_num_threads()} threads")
+  print(f"PyTorch float32 {MATMUL_SIZE}^2 matmul: {torch_matmul_gflops():.0f} GFLOP/s "
+        f"(reference); {FLOP_PER_MODEL_STEP / 1e6:.1f} MFLOP per model-step; {ARGS.steps} "
+        f"steps per call; medians of {ARGS.repeats} interleaved repeats")
+  print("model-steps/s; GFLOP/s of icsjax; ceiling = jitted JAX matmul GFLOP/s, timed "
+        "between the methods")
+  print(f"{'norm':10s} {'K':>4s} {'icsjax':>10s} {'JAX seq':>10s} {'torch seq':>10s} "
+        f"{'torch.func':>10s} {'GFLOP/s':>8s} {'ceiling':>8s} {'%ceil':>7s} {'/func':>7s} "
+        f"{'/tseq':>7s}")
+  for norm in norms:
+    single = JaxGroup(study_config(1, norm, ARGS.steps))
+    data = single.run.data
+    x = torch.from_numpy(np.array(data.train_x).reshape(NUM_TRAIN, -1))
+    y = torch.from_numpy(np.asarray(data.train_y).astype(np.int64))
+    for k in ks:
+      bench_one(k, norm, single, x, y)
+
+
+if __name__ == "__main__":
+  main()
