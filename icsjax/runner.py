@@ -50,6 +50,13 @@ def model_sharding(num_models: int):
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model"))
 
 
+def cpu_model_chunk(num_models: int, devices: int) -> int:
+  """train.model_chunk of each device's share on a CPU; 0 (no chunks) elsewhere."""
+  if jax.default_backend() != "cpu":
+    return 0
+  return train.model_chunk(-(-num_models // devices))
+
+
 def pad_models(values, multiple: int):
   """Repeats the last model's entry until the model axis divides `multiple`.
   The copies train like any model and are dropped from the records."""
@@ -74,7 +81,7 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
     program = train.GroupProgram(static=g.static, run=run_spec, task=ds.task,
                                  num_outputs=ds.num_outputs, input_shape=ds.input_shape,
                                  num_train=ds.num_train, num_test=ds.num_test,
-                                 devices=devices, models_per_device=-(-g.size // devices))
+                                 devices=devices, model_chunk=cpu_model_chunk(g.size, devices))
     hparams = {k: jnp.asarray(pad_models(np.asarray(v, np.float32), devices))
                for k, v in g.hparams.items()}
     seeds = jnp.asarray(pad_models(np.asarray(g.coords["seed"], np.int32), devices))

@@ -145,8 +145,8 @@ class GroupProgram:
   input_shape: tuple[int, ...]
   num_train: int
   num_test: int
-  devices: int = 1       # devices the model axis is sharded over, in contiguous blocks
-  models_per_device: int = 1
+  devices: int = 1      # devices the model axis is sharded over, in contiguous blocks
+  model_chunk: int = 0  # models a device trains at a time (0: all of its share)
 
   @property
   def model(self) -> nn.Module:
@@ -329,9 +329,11 @@ class GroupProgram:
       per_seed = jax.vmap(lambda k: segment_batch_indices(
           k, start_step, self.run.segment_steps, self.static["batch_size"], self.num_train))(keys)
       train_models = jax.vmap(self.segment_one, in_axes=(0, 0, 0, None, None))
-      return _in_chunks(lambda xs: train_models(*xs, data, start_step),
-                        (states, hp, per_seed[model_seeds]), self.devices,
-                        model_chunk(self.models_per_device))
+      xs = (states, hp, per_seed[model_seeds])
+      if not self.model_chunk:
+        return train_models(*xs, data, start_step)
+      return _in_chunks(lambda xs: train_models(*xs, data, start_step), xs, self.devices,
+                        self.model_chunk)
     return jax.jit(run_segment, donate_argnums=0)
 
 
@@ -339,10 +341,11 @@ MODEL_CHUNK = 4
 
 
 def model_chunk(models_per_device: int) -> int:
-  """Models one device trains at a time: the divisor of its share nearest
-  MODEL_CHUNK (ties: the larger). On a CPU, 32 Ioffe MLPs on one device ran
+  """Models one CPU device trains at a time: the divisor of its share nearest
+  MODEL_CHUNK (ties: the larger). On 2 cores, 32 Ioffe MLPs on one device ran
   1.7x faster as 8 chunks of 4 in turn than as one vmap of 32: a chunk's
-  weights and minibatches stay in cache (benchmarks/vs_pytorch.py)."""
+  weights and minibatches stay in cache. Accelerators want the whole share at
+  once, so they do not chunk."""
   divisors = [c for c in range(1, models_per_device + 1) if models_per_device % c == 0]
   return min(divisors, key=lambda c: (abs(c - MODEL_CHUNK), -c))
 
