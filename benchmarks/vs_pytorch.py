@@ -53,52 +53,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from configs import ioffe_mnist  # noqa: E402
-from icsjax import runner  # noqa: E402
-from icsjax import study as study_lib  # noqa: E402
-from icsjax import tfds_data  # noqa: E402
+from study_path import (CLASSES, NUM_TRAIN, JaxGroup, learning_rates, study_config,  # noqa: E402
+                        use_random_mnist)
 
-BATCH, WIDTH, DEPTH, INPUTS, CLASSES = 60, 100, 3, 784, 10
-NUM_TRAIN, NUM_TEST = 60_000, 600
+BATCH, WIDTH, DEPTH, INPUTS = 60, 100, 3, 784
 MACS = INPUTS * WIDTH + (DEPTH - 1) * WIDTH * WIDTH + WIDTH * CLASSES
 FLOP_PER_MODEL_STEP = 6 * MACS * BATCH
 BN_MOMENTUM, BN_EPS = 0.99, 1e-5
-
-
-def random_mnist(name, data_dir=None):
-  del name, data_dir
-  rng = np.random.default_rng(0)
-  split = lambda n: (rng.random((n, 28, 28, 1), np.float32),
-                     rng.integers(0, CLASSES, n).astype(np.int32))
-  return split(NUM_TRAIN) + split(NUM_TEST)
-
-
-def learning_rates(k):
-  return (0.5,) if k == 1 else tuple(0.05 * 1.5 ** i for i in range(8))
-
-
-def study_config(k, norm, steps):
-  c = ioffe_mnist.get_config()
-  c.seeds = max(k // 8, 1)
-  c.sweep.norm = (norm,)
-  c.sweep.lr = learning_rates(k)
-  c.monitor_size = 256
-  c.scan_length = 50
-  c.segment_steps = c.record_every = c.eval_every = steps
-  c.steps = steps * 10_000
-  return c
-
-
-class JaxGroup:
-  """One group of the study path, advanced one segment per call."""
-
-  def __init__(self, config):
-    (self.run,) = runner.build_group_runs(study_lib.expand(config))
-    self.steps, self.start = config.segment_steps, 0
-
-  def __call__(self):
-    runner.run_segment(self.run, self.start)
-    self.start += self.steps
 
 
 def jax_sequential(single: JaxGroup, models: int):
@@ -238,7 +199,7 @@ def bench_one(k, norm, single, x, y):
 def main():
   ks = [int(k) for k in ARGS.ks.split(",")]
   norms = ARGS.norms.split(",")
-  tfds_data.load_arrays = random_mnist
+  use_random_mnist()
   cores = len(os.sched_getaffinity(0))
   print(f"jax {jax.__version__}: {len(jax.devices())} {jax.devices()[0].platform} device(s) "
         f"({SPLIT}) on {cores} cores; torch {torch.__version__}: "

@@ -5,8 +5,8 @@ five seeds, trained side by side with batch-statistic records.
 
   python -m icsjax.main --config=configs/default.py --workdir=runs/default
 
-Runtime: about 1 min on a 2-core CPU (55 s wall, jax 0.10.2, split into one
-XLA device per core); 30 s on one H100.
+Runtime: about 1.5 min on a 2-core CPU (91-105 s wall with the probes, 46-53 s
+without; jax 0.10.2, one XLA device per core); 30 s on one H100 without probes.
 
 Override any field on the command line, e.g. ``--config.seeds=8`` or
 ``--config.sweep.lr="(0.05,0.1,0.5)"``.
@@ -63,6 +63,16 @@ def get_config():
   c.monitor_mode = "train"
   c.eval_batch_chunk = 64
   c.cpu_devices = 0
+  # probes (DESIGN.md B.2-B.4): every cadence a multiple of scan_length; 0 = off
+  c.ics_every = 250
+  c.landscape_every = 250
+  c.landscape_lr_multiples = (0.5, 1.0, 2.0, 4.0)  # Santurkar et al. Fig. 4 (VGG): [0.5, 4] x lr
+  c.curvature_every = 500
+  c.curvature_batch_size = 256
+  c.lanczos_steps = 30
+  c.slq_vectors = 1
+  c.hutchinson_samples = 10
+  c.probe_memory_mb = 0
   # the grid
   c.sweep = ml_collections.ConfigDict()
   c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")

@@ -26,6 +26,8 @@ def get_config():
   c.record_every = 500
   c.eval_every = 1000
   c.segment_steps = 5000
+  c.ics_every = c.landscape_every = 1000
+  c.curvature_every, c.curvature_batch_size = 5000, 1000
   c.sweep.norm = ("none", "batchnorm")
   c.sweep.lr = (0.5,)
   return c

@@ -29,6 +29,9 @@ def get_config():
   c.record_every = 500
   c.eval_every = 500
   c.segment_steps = 2000
+  c.ics_every = c.landscape_every = 500
+  c.landscape_lr_multiples = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # the paper's [0.01, 30] x lr
+  c.curvature_every, c.curvature_batch_size = 2000, 1024  # the full batch
   c.sweep.norm = ("none", "batchnorm")
   c.sweep.lr = (1e-3, 3e-3, 1e-2, 3e-2)
   return c

@@ -32,6 +32,8 @@ def get_config():
   c.record_every = 250
   c.eval_every = 500
   c.segment_steps = 1500
+  c.ics_every = c.landscape_every = 250
+  c.curvature_every, c.curvature_batch_size = 1500, 128
   c.eval_batch_chunk = 8
   c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")
   c.sweep.lr = (0.1,)

@@ -17,4 +17,5 @@ def get_config():
   c.seeds = 3
   c.steps = 2000
   c.segment_steps = 1000
+  c.curvature_every, c.curvature_batch_size = 1000, 256
   return c

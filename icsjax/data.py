@@ -65,6 +65,15 @@ def split_sizes(static: dict) -> tuple[int, int]:
   return static["regression_train_size"], static["regression_test_size"]
 
 
+def input_shape_and_outputs(static: dict) -> tuple[tuple[int, ...], int]:
+  """(one example's shape, number of outputs) of a dataset config, without loading it."""
+  if static["dataset"] == "digits":
+    return (8, 8, 1), 10
+  if static["dataset"] in tfds_data.TFDS_DATASETS:
+    return tfds_data.IMAGE_SHAPES[static["dataset"]], tfds_data.NUM_CLASSES[static["dataset"]]
+  return (static["regression_dim"],), static["regression_dim"]
+
+
 def standardisation(raw_train_x: np.ndarray, axes=(0,)):
   """Mean and inverse standard deviation over `axes` (0 where constant)."""
   mean = raw_train_x.mean(axis=axes)

@@ -11,7 +11,10 @@ shaped layer, whatever their norm.
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from icsjax.norms import LP_ORDER, Norm
@@ -122,3 +125,12 @@ def build(static: dict, num_outputs: int) -> nn.Module:
                activation=static["activation"], **common)
   activation = "identity" if static["arch"] == "dln" else static["activation"]
   return MLP(activation=activation, **common)
+
+
+def num_params(static: dict, input_shape: tuple[int, ...], num_outputs: int) -> int:
+  """Trainable parameters of one model, from shapes alone (nothing is computed).
+  An eval-mode init reads no hyperparameter, hence the empty hp."""
+  shapes = jax.eval_shape(lambda: build(static, num_outputs).init(
+      {"params": jax.random.PRNGKey(0)}, jnp.zeros((1,) + tuple(input_shape)), train=False,
+      hp={})["params"])
+  return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes))

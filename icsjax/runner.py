@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icsjax import data as data_lib
+from icsjax import probes
 from icsjax import store
 from icsjax import study as study_lib
 from icsjax import summary as summary_lib
@@ -50,11 +51,32 @@ def model_sharding(num_models: int):
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model"))
 
 
-def cpu_model_chunk(num_models: int, devices: int) -> int:
-  """train.model_chunk of each device's share on a CPU; 0 (no chunks) elsewhere."""
-  if jax.default_backend() != "cpu":
-    return 0
-  return train.model_chunk(-(-num_models // devices))
+def probe_memory_bytes(config) -> int:
+  """The memory a device may give the curvature probe's Lanczos bases."""
+  if config.probe_memory_mb:
+    return config.probe_memory_mb * 2**20
+  stats = jax.local_devices()[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  return limit // 4 if limit else DEFAULT_PROBE_MEMORY
+
+
+DEFAULT_PROBE_MEMORY = 2 * 2**30  # a device that does not report its memory (CPU)
+
+
+def group_model_chunk(num_models: int, devices: int, bytes_per_model: int,
+                      budget: int, backend: str) -> int:
+  """Models a device trains at a time (0: its whole share).
+
+  On a CPU, train.model_chunk (cache locality). Anywhere, no more than the
+  probe memory budget holds, for the curvature probe keeps a Lanczos basis per
+  model: the largest divisor of the share that fits, at least 1.
+  """
+  share = -(-num_models // devices)
+  chunk = train.model_chunk(share) if backend == "cpu" else share
+  if bytes_per_model:
+    fits = max(1, budget // bytes_per_model)
+    chunk = max(c for c in range(1, share + 1) if share % c == 0 and c <= min(chunk, fits))
+  return 0 if chunk == share and backend != "cpu" else chunk
 
 
 def pad_models(values, multiple: int):
@@ -80,8 +102,13 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
     ds = placed[key, devices]
     program = train.GroupProgram(static=g.static, run=run_spec, task=ds.task,
                                  num_outputs=ds.num_outputs, input_shape=ds.input_shape,
-                                 num_train=ds.num_train, num_test=ds.num_test,
-                                 devices=devices, model_chunk=cpu_model_chunk(g.size, devices))
+                                 num_train=ds.num_train, num_test=ds.num_test, devices=devices)
+    probe_bytes = 0
+    if run_spec.curvature_every:
+      probe_bytes = probes.curvature_bytes_per_model(program.num_params,
+                                                     run_spec.lanczos_steps)
+    program = dataclasses.replace(program, model_chunk=group_model_chunk(
+        g.size, devices, probe_bytes, probe_memory_bytes(study.config), jax.default_backend()))
     hparams = {k: jnp.asarray(pad_models(np.asarray(v, np.float32), devices))
                for k, v in g.hparams.items()}
     seeds = jnp.asarray(pad_models(np.asarray(g.coords["seed"], np.int32), devices))
@@ -92,21 +119,37 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
   return runs
 
 
+def record_kinds(config) -> tuple[str, ...]:
+  """The record kinds a run writes (the probes whose cadence is not 0)."""
+  return ("record", "eval") + tuple(p for p in probes.PROBES if config[f"{p}_every"])
+
+
 def time_coords(config, start: int) -> dict[str, np.ndarray]:
-  seg = config.segment_steps
-  return {"step": start + np.arange(1, seg + 1),
-          "record_step": start + np.arange(config.record_every, seg + 1, config.record_every),
-          "eval_step": start + np.arange(config.eval_every, seg + 1, config.eval_every)}
+  """Each written time axis's steps within the segment starting after `start`."""
+  seg, spec = config.segment_steps, train.RunSpec.from_config(config)
+  out = {"step": start + np.arange(1, seg + 1)}
+  for kind in record_kinds(config):
+    every = spec.every_of(kind)
+    out[store.TIME_AXES[kind]] = start + np.arange(every, seg + 1, every)
+  return out
 
 
 def fixed_coords(config, gr: GroupRun) -> dict:
   """{name: (dims, values)} of the coordinates a group's records keep for the run."""
   model = gr.program.model
-  return {"layer": (["layer"], list(model.layer_names)),
-          "layer_units": (["layer"], list(model.layer_units)),
-          "unit": (["unit"], list(range(gr.program.max_units))),
-          "tracked_unit": (["tracked_unit"], list(config.tracked_units)),
-          "quantile": (["quantile"], list(train.QUANTILES))}
+  coords = {"layer": (["layer"], list(model.layer_names)),
+            "layer_units": (["layer"], list(model.layer_units)),
+            "unit": (["unit"], list(range(gr.program.max_units))),
+            "tracked_unit": (["tracked_unit"], list(config.tracked_units)),
+            "quantile": (["quantile"], list(train.QUANTILES))}
+  if config.ics_every or config.curvature_every:
+    coords["weight_layer"] = (["weight_layer"], list(gr.program.weight_layers))
+  if config.landscape_every:
+    coords["lr_multiple"] = (["lr_multiple"], list(config.landscape_lr_multiples))
+  if config.curvature_every:
+    coords["slq_vector"] = (["slq_vector"], list(range(config.slq_vectors)))
+    coords["lanczos_step"] = (["lanczos_step"], list(range(config.lanczos_steps)))
+  return coords
 
 
 def record_attrs(config, gr: GroupRun) -> dict:
@@ -116,7 +159,23 @@ def record_attrs(config, gr: GroupRun) -> dict:
           "monitor_mode": config.monitor_mode,
           "monitor_examples": gr.group.static["monitor_size"],
           "test_examples_evaluated": gr.program.num_test_batches * b,
-          "train_mode_eval_batch_size": b}
+          "train_mode_eval_batch_size": b,
+          "probe_convention": "ics and landscape at step t probe update t itself (its batch, "
+                              "noise draw, parameters before it and real update); curvature "
+                              "reads the state after update t",
+          "landscape_direction": "d = -update / lr; the point at lr_multiple c is "
+                                 "theta - c * lr * d",
+          "curvature_batch": f"the first {config.curvature_batch_size} training examples, "
+                             "train mode, noise frozen per probe",
+          "eos_threshold": "2/lr (sgd), (2 + 2 momentum)/lr (momentum); NaN for adam"}
+
+
+def optimizer_constants(optimizer: str, hparams) -> dict:
+  """Per model: the momentum (Adam: b1; SGD: 0) and the edge-of-stability threshold."""
+  momentum = {"sgd": 0.0 * hparams["lr"], "momentum": hparams["momentum"],
+              "adam": hparams["b1"]}[optimizer]
+  return {"optimizer_momentum": momentum,
+          "eos_threshold": probes.eos_threshold(optimizer, hparams["lr"], momentum)}
 
 
 def run_segment(gr: GroupRun, start: int) -> dict:
@@ -124,8 +183,14 @@ def run_segment(gr: GroupRun, start: int) -> dict:
   gr.state, records = gr.program.segment(gr.state, gr.hparams, gr.model_seeds, gr.data,
                                          jnp.int32(start))
   records["model"] = {"diverged_step": gr.state.diverged_step}
+  if gr.program.run.curvature_every:
+    records["model"].update(optimizer_constants(gr.group.static["optimizer"], gr.hparams))
   k = gr.group.size  # drop the padding models
-  return jax.tree_util.tree_map(lambda a: np.asarray(a)[:k], jax.device_get(records))
+  records = jax.tree_util.tree_map(lambda a: np.asarray(a)[:k], jax.device_get(records))
+  if "curvature" in records:
+    c = records["curvature"]
+    c.update(probes.curvature_lib.spectrum_records(c["lanczos_alpha"], c["lanczos_beta"]))
+  return records
 
 
 class Progress:

@@ -28,19 +28,26 @@ import numpy as np
 
 RECORDS = "records"
 SEGMENT_RE = re.compile(r"segment_(\d{6})\.npz$")
-TIME_AXES = {"per_step": "step", "record": "record_step", "eval": "eval_step"}
-MODEL_LEVEL = ("diverged_step",)
+TIME_AXES = {"per_step": "step", "record": "record_step", "eval": "eval_step",
+             "ics": "ics_step", "landscape": "landscape_step", "curvature": "curvature_step"}
+MODEL_LEVEL = ("diverged_step", "eos_threshold", "optimizer_momentum")
+# Dims after (model, time) of the variables that have any; the rest are scalars per time.
+INNER_DIMS = {
+    "monitor_percentiles": ("layer", "tracked_unit", "quantile"),
+    **{f"ics_grad_{m}": ("weight_layer",) for m in ("diff", "diff_relative", "cosine")},
+    "landscape_loss": ("lr_multiple",), "landscape_grad_diff": ("lr_multiple",),
+    **{name: ("slq_vector", "lanczos_step")
+       for name in ("slq_nodes", "slq_weights", "lanczos_alpha", "lanczos_beta")},
+    "probe_grad_norm": ("weight_layer",), "weight_norm": ("weight_layer",),
+}
 
 
 def variable_dims(kind: str, name: str) -> tuple[str, ...]:
   """Named dims of a record variable produced by icsjax.train."""
   if kind == "model":
     return ("model",)
-  dims = ("model", TIME_AXES[kind])
-  if kind == "record":
-    dims += (("layer", "tracked_unit", "quantile") if name == "monitor_percentiles"
-             else ("layer", "unit"))
-  return dims
+  default = ("layer", "unit") if kind == "record" else ()
+  return ("model", TIME_AXES[kind]) + INNER_DIMS.get(name, default)
 
 
 def write_atomic(path: pathlib.Path, write) -> None:

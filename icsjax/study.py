@@ -81,6 +81,17 @@ def _positive_int_tuple(v):
   return None
 
 
+def _positive_float_tuple(v):
+  if not isinstance(v, (tuple, list)) or not v:
+    return "must be a non-empty tuple of numbers"
+  if any(isinstance(u, bool) or not isinstance(u, numbers.Real) or not math.isfinite(u)
+         or u <= 0 for u in v):
+    return "must hold finite numbers > 0 (eta = 0 is the base point, always included)"
+  if len(set(v)) != len(v):
+    return "must not repeat a value"
+  return None
+
+
 def _str(v):
   return None if isinstance(v, str) else "must be a string"
 
@@ -152,6 +163,18 @@ FIELDS: dict[str, Field] = {
     "tracked_units": Field("run", _int_tuple, "units whose monitor-set percentiles are recorded"),
     "monitor_mode": Field("run", _choice(MONITOR_MODES), "norm mode of the percentile pass"),
     "eval_batch_chunk": Field("run", _int(1), "test batches evaluated at once (memory bound)"),
+    # probes (DESIGN.md B.2-B.4); a cadence of 0 switches a probe off
+    "ics_every": Field("run", _int(0), "steps between gradient-ICS probes (0: off)"),
+    "landscape_every": Field("run", _int(0), "steps between loss-landscape probes (0: off)"),
+    "landscape_lr_multiples": Field("run", _positive_float_tuple,
+                                    "landscape step sizes eta as multiples of each model's lr"),
+    "curvature_every": Field("run", _int(0), "steps between Hessian probes (0: off)"),
+    "curvature_batch_size": Field("run", _int(1), "the fixed probe batch: the first training examples"),
+    "lanczos_steps": Field("run", _int(1), "Lanczos steps per SLQ vector (Hessian-vector products)"),
+    "slq_vectors": Field("run", _int(1), "random start vectors of the spectral density"),
+    "hutchinson_samples": Field("run", _int(1), "Rademacher vectors of the trace estimate"),
+    "probe_memory_mb": Field("run", _int(0), "memory per device for Lanczos bases; models are "
+                             "probed in chunks that fit (0: a quarter of the device's, else 2 GiB)"),
     "cpu_devices": Field("run", _int(0), "CPU only: split the host into this many XLA devices "
                          "and shard the model axis over them (0: one per core; 1: no split)"),
 }
@@ -234,15 +257,21 @@ def _sweep_items(config) -> dict[str, tuple]:
   return items
 
 
+PROBE_CADENCES = ("ics_every", "landscape_every", "curvature_every")
+
+
 def _check_cadences(c):
   n = c.scan_length
-  for name in ("record_every", "eval_every"):
+  cadences = ("record_every", "eval_every") + tuple(p for p in PROBE_CADENCES if c[p])
+  for name in cadences:
     if c[name] % n:
-      raise _fail(name, c[name], f"must be a multiple of scan_length={n}")
-  for name in ("record_every", "eval_every"):
+      raise _fail(name, c[name], f"must be a multiple of scan_length={n}"
+                  + (" (or 0: off)" if name in PROBE_CADENCES else ""))
+  for name in cadences:
     if c.segment_steps % c[name]:
       raise _fail("segment_steps", c.segment_steps,
-                  f"must be a multiple of {name}={c[name]} (and of record_every, eval_every)")
+                  f"must be a multiple of {name}={c[name]} (and of every cadence that is on: "
+                  f"{', '.join(cadences)})")
   if c.steps % c.segment_steps:
     raise _fail("steps", c.steps, f"must be a multiple of segment_steps={c.segment_steps}")
 
@@ -275,6 +304,8 @@ def _check_group(static: dict, config, label: str):
   if static["arch"] == "vgg" and static["dataset"] not in IMAGE_DATASETS:
     raise ConfigError(f"config.dataset={static['dataset']!r} must be one of "
                       f"{', '.join(IMAGE_DATASETS)} when arch='vgg' (a CNN needs images){where}")
+  if config.curvature_every:
+    _check_curvature(static, config, n_train, where)
   from icsjax import models  # shapes only
   units = min(models.build(static, 1).layer_units)
   bad = [u for u in config.tracked_units if u >= units]
@@ -282,6 +313,21 @@ def _check_group(static: dict, config, label: str):
     raise _fail("tracked_units", tuple(config.tracked_units),
                 f"must name units below {units}, the narrowest normalised layer "
                 f"(width, channels){where}")
+
+
+def _check_curvature(static: dict, config, n_train: int, where: str):
+  b = config.curvature_batch_size
+  if b > n_train:
+    raise _fail("curvature_batch_size", b, f"must be <= {n_train}, the training set size{where}")
+  if static["norm"] in BATCH_NORM_KINDS and b < 2:
+    raise _fail("curvature_batch_size", b, f"must be >= 2 for norm={static['norm']!r}: the "
+                f"probe runs in train mode, on batch statistics{where}")
+  from icsjax import data as data_lib, models  # shapes only
+  num_params = models.num_params(static, *data_lib.input_shape_and_outputs(static))
+  if config.lanczos_steps > num_params:
+    raise _fail("lanczos_steps", config.lanczos_steps,
+                f"must be <= {num_params}, the model's parameter count (a Krylov basis "
+                f"has at most that many vectors){where}")
 
 
 def validate(config) -> dict[str, tuple]:

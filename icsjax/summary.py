@@ -10,6 +10,9 @@ COLUMNS = (  # (record name, header, how to reduce over time)
     ("test_loss_eval_mode", "test loss (eval)", "last"),
     ("test_accuracy_eval_mode", "test acc (eval)", "last"),
     ("test_accuracy_train_mode", "test acc (train-mode BN)", "last"),
+    ("ics_grad_diff_relative", "grad-ICS |G-G'|/|G|", "mean_after_first_layer"),
+    ("landscape_beta_smoothness", "beta-smoothness", "mean"),
+    ("hessian_lambda_max", "Hessian lambda_max", "last"),
 )
 
 
@@ -18,6 +21,10 @@ def _final(values: np.ndarray, how: str, window: int) -> np.ndarray:
   if how == "last":
     return values[:, -1]
   with np.errstate(all="ignore"):
+    if how == "mean":
+      return np.mean(values.reshape(len(values), -1), axis=1)
+    if how == "mean_after_first_layer":  # the first layer's G' is G: no shift by definition
+      return np.mean(values[..., 1:].reshape(len(values), -1), axis=1)
     return np.mean(values[:, -window:], axis=1)
 
 
@@ -59,6 +66,8 @@ def format_table(table: list[dict]) -> str:
   line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
   note = ("mean ± std over seeds (diverged seeds excluded); train: minibatch metrics over "
           "the last eval_every steps; test: last evaluation, eval mode = running "
-          "statistics, train-mode BN = batch statistics of test batches")
+          "statistics, train-mode BN = batch statistics of test batches; probes: grad-ICS "
+          "and beta-smoothness are means over probe steps (grad-ICS over every weight "
+          "layer after the first), lambda_max the last probe")
   return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in body]
                    + [note])

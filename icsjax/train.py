@@ -9,7 +9,9 @@ per seed index, and nothing crosses to the host until the segment ends.
 Step numbering: step t (1-based) is the t-th update. The per-step loss of
 step t is the minibatch loss before that update; a record or evaluation "at
 step t" reads the state after update t (batch statistics: those of the
-forward pass of update t).
+forward pass of update t). Probes (icsjax.probes) run at the end of a chunk
+too: gradient-ICS and the landscape probe update t itself, the curvature
+probe reads the state after it.
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ from flax import struct
 from icsjax import data as data_lib
 from icsjax import models
 from icsjax import optim
+from icsjax import probes
 from icsjax.norms import NOISY_NORMS, RUNNING_STAT_NAMES
 
 QUANTILES = (0.15, 0.50, 0.85)
 KEY_INIT, KEY_DATA, KEY_NOISE = 0, 1, 2
+# Purposes folded into a model's (noise key, step): the step's own noise, the
+# monitor pass, the curvature probe's frozen noise and its random vectors.
+DRAW_STEP, DRAW_MONITOR, DRAW_CURVATURE_NOISE, DRAW_CURVATURE_VECTORS = 0, 1, 2, 3
 
 
 class ModelState(struct.PyTreeNode):
@@ -53,11 +59,24 @@ class RunSpec:
   eval_batch_chunk: int
   base_seed: int
   seeds: int
+  ics_every: int
+  landscape_every: int
+  landscape_lr_multiples: tuple[float, ...]
+  curvature_every: int
+  curvature_batch_size: int
+  lanczos_steps: int
+  slq_vectors: int
+  hutchinson_samples: int
 
   @classmethod
   def from_config(cls, config) -> "RunSpec":
-    return cls(**{f.name: (tuple(config[f.name]) if f.name == "tracked_units"
-                           else config[f.name]) for f in dataclasses.fields(cls)})
+    value = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
+    return cls(**{f.name: value(config[f.name]) for f in dataclasses.fields(cls)})
+
+  def every_of(self, kind: str) -> int:
+    """The cadence in steps of a record kind (record, eval or a probe; 0: off)."""
+    return getattr(self, {"record": "record_every", "eval": "eval_every"}.get(
+        kind, f"{kind}_every"))
 
 
 def seed_key(base_seed: int, seed_index, purpose: int):
@@ -160,6 +179,15 @@ class GroupProgram:
   def num_layers(self) -> int:
     return len(self.model.layer_units)
 
+  @functools.cached_property
+  def num_params(self) -> int:
+    return models.num_params(self.static, self.input_shape, self.num_outputs)
+
+  @property
+  def weight_layers(self) -> tuple[str, ...]:
+    """Every layer with a kernel, in forward order: the normalised ones, then the output."""
+    return self.model.layer_names + ("dense_out",)
+
   @property
   def running_stat_names(self) -> tuple[str, ...]:
     return RUNNING_STAT_NAMES.get(self.static["norm"], ())
@@ -191,8 +219,24 @@ class GroupProgram:
                       noise_key=seed_key(self.run.base_seed, seed_index, KEY_NOISE),
                       diverged_step=jnp.zeros((), jnp.int32))
 
+  def noise_key(self, state: ModelState, step, purpose: int):
+    """The noise draw of one purpose at one step; None for a norm without noise."""
+    if self.static["norm"] not in NOISY_NORMS:
+      return None
+    return jax.random.fold_in(jax.random.fold_in(state.noise_key, step), purpose)
+
+  def loss(self, params, batch_stats, x, y, hp, noise_key):
+    """Train-mode loss of a batch: (loss, (accuracy, taps, updated batch_stats))."""
+    out, taps, new_stats = self.apply(params, batch_stats, x, hp, train=True,
+                                      noise_key=noise_key)
+    loss, acc = task_loss(out, y, self.task)
+    return loss, (acc, taps, new_stats)
+
   def train_step(self, state: ModelState, hp, x, y, step):
     """One update (step is the 1-based update number).
+
+    Returns (state, metrics, batch moments, probes.StepInternals); what a
+    caller leaves unused, XLA does not compute.
 
     Divergence costs one scalar test per step: a non-finite loss sets
     ``diverged_step``. Parameters and statistics are checked once per chunk
@@ -200,27 +244,22 @@ class GroupProgram:
     15% of the step on a CPU. A diverged model keeps training on its
     non-finite values, which cannot reach other models, and reads NaN.
     """
-    noise_key = None
-    if self.static["norm"] in NOISY_NORMS:
-      noise_key = jax.random.fold_in(jax.random.fold_in(state.noise_key, step), 0)
-
-    def loss_fn(params):
-      out, taps, new_stats = self.apply(params, state.batch_stats, x, hp, train=True,
-                                        noise_key=noise_key)
-      loss, acc = task_loss(out, y, self.task)
-      return loss, (acc, taps, new_stats)
-
-    (loss, (acc, taps, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    noise_key = self.noise_key(state, step, DRAW_STEP)
+    (loss, (acc, taps, new_stats)), grads = jax.value_and_grad(self.loss, has_aux=True)(
+        state.params, state.batch_stats, x, y, hp, noise_key)
     tx = optim.make(self.static["optimizer"], hp)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    inside = probes.StepInternals(params=state.params, new_params=new_params,
+                                  batch_stats=state.batch_stats, x=x, y=y,
+                                  noise_key=noise_key, loss=loss, grads=grads, updates=updates)
     state = _set_diverged(state, ~jnp.isfinite(loss), step).replace(
-        params=optax.apply_updates(state.params, updates), batch_stats=new_stats,
-        opt_state=opt_state)
+        params=new_params, batch_stats=new_stats, opt_state=opt_state)
     metrics = {"train_loss": loss}
     if acc is not None:
       metrics["train_accuracy"] = acc
-    return state, _nan_if(state.diverged_step > 0, metrics), tap_moments(taps, self.max_units)
+    return (state, _nan_if(state.diverged_step > 0, metrics),
+            tap_moments(taps, self.max_units), inside)
 
   @staticmethod
   def flag_nonfinite(state: ModelState, step) -> ModelState:
@@ -234,9 +273,8 @@ class GroupProgram:
       rec[f"running_{name}"] = stack_layers(
           [state.batch_stats[f"norm_{i}"][name] for i in range(self.num_layers)], self.max_units)
     train = self.run.monitor_mode == "train"
-    noise_key = jax.random.fold_in(jax.random.fold_in(state.noise_key, step), 1)
     _, taps, _ = self.apply(state.params, state.batch_stats, data.monitor_x, hp, train=train,
-                            noise_key=noise_key if train else None)
+                            noise_key=self.noise_key(state, step, DRAW_MONITOR) if train else None)
     units = jnp.asarray(self.run.tracked_units)
     q = jnp.asarray(QUANTILES)
     # Over monitor examples (and, in a conv layer, every position): (layer, unit, quantile)
@@ -265,6 +303,35 @@ class GroupProgram:
     per_batch = jax.lax.map(one_batch, (xs, ys), batch_size=min(self.run.eval_batch_chunk, nb))
     return _nan_if(state.diverged_step > 0, jax.tree_util.tree_map(jnp.mean, per_batch))
 
+  def curvature_probe(self, state: ModelState, hp, data: data_lib.Dataset, step):
+    """probes.curvature_records on the fixed probe batch (the first curvature_batch_size
+    training examples), from the state after update `step`."""
+    b = self.run.curvature_batch_size
+    vector_key = jax.random.fold_in(jax.random.fold_in(state.noise_key, step),
+                                    DRAW_CURVATURE_VECTORS)
+    return probes.curvature_records(self, hp, state.params, state.batch_stats, data.train_x[:b],
+                            data.train_y[:b], self.noise_key(state, step, DRAW_CURVATURE_NOISE),
+                            vector_key, self.run)
+
+  def due_records(self, state: ModelState, moments, inside, hp, data, step) -> dict:
+    """{kind: (cadence in steps, thunk computing that kind's records after update `step`)}.
+
+    ICS and landscape probes read update `step` itself (``inside``); the
+    others read the state after it. A probe with cadence 0 is absent.
+    """
+    run = self.run
+    kinds = {"record": (run.record_every,
+                        lambda: self.batch_records(state, moments, hp, data, step)),
+             "eval": (run.eval_every, lambda: self.evaluate(state, hp, data)),
+             "ics": (run.ics_every, lambda: probes.ics_records(self, hp, inside)),
+             "landscape": (run.landscape_every, lambda: probes.landscape_records(
+                 self, hp, inside, run.landscape_lr_multiples)),
+             "curvature": (run.curvature_every,
+                           lambda: self.curvature_probe(state, hp, data, step))}
+    diverged = state.diverged_step > 0
+    return {k: (every, lambda f=f: _nan_if(diverged, f()))
+            for k, (every, f) in kinds.items() if every}
+
   def segment_one(self, state: ModelState, hp, indices, data: data_lib.Dataset, start_step):
     """Train one model for a segment. indices: (segment_steps, batch) minibatch indices."""
     run = self.run
@@ -276,38 +343,35 @@ class GroupProgram:
       return self.train_step(state, hp, data.train_x[batch_idx], data.train_y[batch_idx], step)
 
     def one_step(state, xs):
-      state, metrics, _ = step_at(state, *xs)  # moments unused: XLA drops their work
+      state, metrics, _, _ = step_at(state, *xs)  # moments unused: XLA drops their work
       return state, metrics
 
     def one_chunk(carry, xs):
-      state, rec_buf, eval_buf = carry
+      state, bufs = carry
       j, chunk_idx = xs
       steps = start_step + j * n + 1 + jnp.arange(n)
-      # Records read the batch moments of a chunk's last step only, so that step
-      # alone computes them.
+      # Records and probes read a chunk's last step only, so that step alone
+      # computes its batch moments and keeps its gradient and update.
       state, metrics = jax.lax.scan(one_step, state, (steps[:-1], chunk_idx[:-1]))
-      state, last, moments = step_at(state, steps[-1], chunk_idx[-1])
+      state, last, moments, inside = step_at(state, steps[-1], chunk_idx[-1])
       metrics = jax.tree_util.tree_map(lambda m, l: jnp.concatenate([m, l[None]]), metrics, last)
       end = start_step + (j + 1) * n
       state = self.flag_nonfinite(state, end)
-      rec_buf = _write_if_due(rec_buf, j, run.record_every // n,
-                              lambda: self.batch_records(state, moments, hp, data, end))
-      eval_buf = _write_if_due(eval_buf, j, run.eval_every // n,
-                               lambda: self.evaluate(state, hp, data))
-      return (state, rec_buf, eval_buf), metrics
+      due = self.due_records(state, moments, inside, hp, data, end)
+      bufs = {k: _write_if_due(bufs[k], j, every // n, due[k][1])
+              for k, (every, _) in due.items()}
+      return (state, bufs), metrics
 
-    zero_moments = jax.tree_util.tree_map(
-        jnp.zeros_like, jax.eval_shape(lambda: tap_moments(
-            self.apply(state.params, state.batch_stats, data.train_x[:2], hp, train=False)[1],
-            self.max_units)))
-    rec_buf = _buffer(lambda: self.batch_records(state, zero_moments, hp, data, start_step),
-                      run.segment_steps // run.record_every)
-    eval_buf = _buffer(lambda: self.evaluate(state, hp, data),
-                       run.segment_steps // run.eval_every)
-    (state, rec_buf, eval_buf), metrics = jax.lax.scan(
-        one_chunk, (state, rec_buf, eval_buf), (jnp.arange(chunks), idx))
-    per_step = jax.tree_util.tree_map(lambda m: m.reshape(-1), metrics)
-    return state, {"per_step": per_step, "record": rec_buf, "eval": eval_buf}
+    def first_records():  # traced for shapes only
+      s, _, moments, inside = step_at(state, start_step + 1, idx[0, 0])
+      return {k: f() for k, (_, f) in self.due_records(s, moments, inside, hp, data,
+                                                        start_step + 1).items()}
+    bufs = {k: jax.tree_util.tree_map(
+                lambda s: jnp.zeros((run.segment_steps // run.every_of(k),) + s.shape, s.dtype),
+                shapes)
+            for k, shapes in jax.eval_shape(first_records).items()}
+    (state, bufs), metrics = jax.lax.scan(one_chunk, (state, bufs), (jnp.arange(chunks), idx))
+    return state, {"per_step": jax.tree_util.tree_map(lambda m: m.reshape(-1), metrics), **bufs}
 
   # --- the vmapped group ---------------------------------------------------
 
@@ -317,7 +381,9 @@ class GroupProgram:
     Not jitted: op by op, the compiled pieces are shared by every group, which
     costs less than compiling one init program per group.
     """
-    return jax.vmap(self.init_model)(model_seeds, hp)
+    # The optimizer state keeps the hyperparameters it was built with; copies, so
+    # that donating the state to a segment cannot delete the caller's arrays.
+    return jax.vmap(self.init_model)(model_seeds, jax.tree_util.tree_map(jnp.copy, hp))
 
   @functools.cached_property
   def segment(self):
@@ -371,12 +437,6 @@ def _in_chunks(fn, tree, devices: int, chunk: int):
 
   out = jax.lax.map(fn, jax.tree_util.tree_map(regroup, tree))
   return jax.tree_util.tree_map(ungroup, out)
-
-
-def _buffer(compute, slots: int):
-  """Zeros shaped like `slots` stacked results of `compute` (traced for shapes only)."""
-  shapes = jax.eval_shape(compute)
-  return jax.tree_util.tree_map(lambda s: jnp.zeros((slots,) + s.shape, s.dtype), shapes)
 
 
 def _write_if_due(buf, chunk, every_chunks: int, compute):

@@ -35,6 +35,7 @@ def tiny_config(**overrides):
   c.segment_steps = 20
   c.sweep.norm = ("batchnorm",)
   c.sweep.lr = (0.05, 0.1, 0.2, 0.4)
+  c.ics_every = c.landscape_every = c.curvature_every = 0  # probes: see test_probes
   for k, v in overrides.items():
     target = c
     *path, last = k.split(".")

@@ -23,8 +23,14 @@ def test_default_study_from_the_command_line(tmp_path):
   assert grid["num_models"] == 12
   for ds in groups.values():
     assert ds.sizes == {"model": 4, "step": 500, "record_step": 5, "eval_step": 2, "layer": 3,
-                        "unit": 100, "tracked_unit": 3, "quantile": 3}
+                        "unit": 100, "tracked_unit": 3, "quantile": 3, "ics_step": 2,
+                        "landscape_step": 2, "curvature_step": 1, "weight_layer": 4,
+                        "lr_multiple": 4, "slq_vector": 1, "lanczos_step": 30}
     assert np.isfinite(ds.train_loss).all() and (ds.diverged_step == 0).all()
+    for name in ("ics_grad_diff_relative", "landscape_beta_smoothness", "hessian_lambda_max",
+                 "hessian_trace", "eos_threshold"):
+      assert np.isfinite(ds[name]).all(), name
+    assert (ds.hessian_lambda_max >= ds.hessian_lambda_min).all()
   # Batch norm learns the digits within 500 steps at lr 0.5 (chance is 0.1).
   bn = groups["norm-batchnorm"]
   assert float(bn.test_accuracy_eval_mode.isel(eval_step=-1).where(bn.lr == 0.5).max()) > 0.9

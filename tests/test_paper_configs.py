@@ -5,6 +5,7 @@ import importlib
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -15,7 +16,13 @@ from icsjax import study
 CONFIGS = sorted(p.stem for p in pathlib.Path(ROOT, "configs").glob("*.py"))
 
 
-def shortened(config):
+# One config per architecture runs its probes (the same code at any size); the
+# others run without them, since the probes' extra gradients and Hessian-vector
+# products take a paper-scale VGG minutes to compile here.
+PROBED = ("default", "small_dln", "small_vgg_digits")
+
+
+def shortened(config, probes=True):
   """Same layer structure; two steps, one seed, the last swept value of each
   static field (the norm variants share all code but the norm, tested
   elsewhere), the first swept value of each dynamic field (sweeping those
@@ -28,6 +35,11 @@ def shortened(config):
   if c.arch == "vgg":
     c.width = min(c.width, 16)
   c.steps = c.segment_steps = c.record_every = c.eval_every = c.scan_length = 2
+  for probe in ("ics", "landscape", "curvature"):  # every probe that is on, at step 2
+    if c[f"{probe}_every"]:
+      c[f"{probe}_every"] = 2 if probes else 0
+  c.curvature_batch_size = min(c.curvature_batch_size, 16)
+  c.lanczos_steps, c.slq_vectors, c.hutchinson_samples = 3, 1, 2
   c.seeds = 1
   c.monitor_size = 16
   for name in list(c.sweep):
@@ -47,7 +59,7 @@ def test_config_docstring_gives_command_and_runtime(name):
 def test_config_validates_and_runs(name, tmp_path):
   module = importlib.import_module(f"configs.{name}")
   full = study.expand(module.get_config())  # the config as shipped
-  c = shortened(module.get_config())
+  c = shortened(module.get_config(), probes=name in PROBED)
   jax.config.update("jax_disable_most_optimizations", c.arch != "vgg")  # see conftest
   try:
     with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -58,3 +70,7 @@ def test_config_validates_and_runs(name, tmp_path):
   for g in ds.values():
     assert g.sizes["step"] == 2 and (g.diverged_step == 0).all()
     assert float(g.train_loss.isel(step=0).min()) > 0
+    for var in ("ics_grad_cosine", "landscape_loss", "hessian_lambda_max"):
+      assert (var in g) == (name in PROBED), var
+      if var in g:
+        assert np.isfinite(g[var]).all(), var

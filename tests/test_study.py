@@ -135,6 +135,25 @@ CASES = [
     ("steps-not-segment-multiple", dict(steps=3100), "steps", ["multiple of segment_steps=500"]),
     ("steps-below-segment", dict(steps=250, eval_every=250, segment_steps=500), "steps",
      ["multiple of segment_steps=500"]),
+    # probes (default: ics and landscape every 250 steps, curvature every 500)
+    ("ics_every-not-scan-multiple", dict(ics_every=30), "ics_every",
+     ["multiple of scan_length=50", "0: off"]),
+    ("ics_every-negative", dict(ics_every=-50), "ics_every", ["must be >= 0"]),
+    ("segment-not-curvature-multiple", dict(curvature_every=1000), "segment_steps",
+     ["multiple of curvature_every=1000"]),
+    ("landscape-multiples-zero", dict(landscape_lr_multiples=(0.0, 1.0)),
+     "landscape_lr_multiples", ["> 0", "eta = 0"]),
+    ("landscape-multiples-empty", dict(landscape_lr_multiples=()), "landscape_lr_multiples",
+     ["non-empty tuple"]),
+    ("landscape-multiples-repeat", dict(landscape_lr_multiples=(1.0, 1.0)),
+     "landscape_lr_multiples", ["must not repeat"]),
+    ("hutchinson-zero", dict(hutchinson_samples=0), "hutchinson_samples", ["must be >= 1"]),
+    ("lanczos-above-params", dict(lanczos_steps=10**6), "lanczos_steps",
+     ["<= 27710", "parameter count"]),
+    ("curvature-batch-above-train", dict(curvature_batch_size=5000), "curvature_batch_size",
+     [f"<= {DIGITS_TRAIN}"]),
+    ("curvature-batch-one-bn", dict(curvature_batch_size=1), "curvature_batch_size",
+     [">= 2", "train mode"]),
     # checks across fields and against the data sizes
     ("noise-low-above-high", dict(noise_scale_low=2.0), "noise_scale_low",
      ["<= noise_scale_high=1.25"]),
@@ -241,7 +260,12 @@ def test_validation_is_silent_on_valid_edge_values():
       dict(noise_scale_low=1.25),                         # low == high
       dict(batch_size=1, sweep__norm=("none", "layernorm")),  # no batch norm: one example ok
       dict(arch="dln", activation="identity"),
-      dict(record_every=50, eval_every=50, segment_steps=50, steps=50),
+      dict(record_every=50, eval_every=50, segment_steps=50, steps=50, ics_every=50,
+           landscape_every=50, curvature_every=50),
+      dict(ics_every=0, landscape_every=0, curvature_every=0, record_every=50, segment_steps=250,
+           steps=500),
+      dict(curvature_every=0, lanczos_steps=10**6, curvature_batch_size=1),  # probe off
+      dict(lanczos_steps=27710, curvature_batch_size=2),  # parameters of the smallest group
       dict(momentum=0.0, b1=0.0, bn_momentum=0.0, noise_mean_range=0.0),
       dict(lr=1),                                         # an int is a number
       dict(sweep=None),

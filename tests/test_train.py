@@ -57,19 +57,26 @@ def np_loss(out, y, task):
   return -np.mean(logp[np.arange(len(y)), y]), np.mean(out.argmax(-1) == y)
 
 
-def reference_run(config, static, model_index_in_group, hp, seed):
-  """Trains one model step by step; returns its records as {name: list over time}."""
+def reference_start(config, static, hp, seed):
+  """(data, model, params, batch stats, optimizer, its state, minibatch indices,
+  the seed's noise key) of one model before its first step, written out."""
   ds = data_lib.load(static)
   model = models.build(static, ds.num_outputs)
   root = jax.random.fold_in(jax.random.PRNGKey(config.base_seed), seed)
   variables = model.init({"params": jax.random.fold_in(root, 0)},
                          jnp.zeros((1,) + ds.input_shape), train=False, hp=hp)
-  params, stats = variables["params"], variables.get("batch_stats", {})
-  noise_root = jax.random.fold_in(root, 2)
   tx = reference_optimizer(static["optimizer"], {k: float(v) for k, v in hp.items()})
-  opt_state = tx.init(params)
+  idx = reference_indices(config.base_seed, seed, config.steps, static["batch_size"],
+                          ds.num_train)
+  return (ds, model, variables["params"], variables.get("batch_stats", {}), tx,
+          tx.init(variables["params"]), idx, jax.random.fold_in(root, 2))
+
+
+def reference_run(config, static, model_index_in_group, hp, seed):
+  """Trains one model step by step; returns its records as {name: list over time}."""
+  ds, model, params, stats, tx, opt_state, idx, noise_root = reference_start(
+      config, static, hp, seed)
   b = static["batch_size"]
-  idx = reference_indices(config.base_seed, seed, config.steps, b, ds.num_train)
   x_tr, y_tr = np.asarray(ds.train_x), np.asarray(ds.train_y)
   rec = {}
   add = lambda k, v: rec.setdefault(k, []).append(np.asarray(v))

@@ -1,0 +1,56 @@
+"""The default study's code path on Ioffe's MNIST MLP with in-memory random
+data: shared by the benchmarks, which must split the CPU before importing this."""
+
+import numpy as np
+
+from configs import ioffe_mnist
+from icsjax import runner
+from icsjax import study as study_lib
+from icsjax import tfds_data
+
+CLASSES = 10
+NUM_TRAIN, NUM_TEST = 60_000, 600
+
+
+def random_mnist(name, data_dir=None):
+  """Random MNIST-shaped images, standing in for TFDS (which needs a download)."""
+  del name, data_dir
+  rng = np.random.default_rng(0)
+  split = lambda n: (rng.random((n, 28, 28, 1), np.float32),
+                     rng.integers(0, CLASSES, n).astype(np.int32))
+  return split(NUM_TRAIN) + split(NUM_TEST)
+
+
+def use_random_mnist():
+  tfds_data.load_arrays = random_mnist
+
+
+def learning_rates(k):
+  return (0.5,) if k == 1 else tuple(0.05 * 1.5 ** i for i in range(8))
+
+
+def study_config(k, norm, steps, scan_length=50):
+  """K Ioffe MLPs (8 learning rates x K/8 seeds), one record and one evaluation
+  per segment of `steps` steps, probes off."""
+  c = ioffe_mnist.get_config()
+  c.seeds = max(k // 8, 1)
+  c.sweep.norm = (norm,)
+  c.sweep.lr = learning_rates(k)
+  c.monitor_size = 256
+  c.scan_length = scan_length
+  c.segment_steps = c.record_every = c.eval_every = steps
+  c.ics_every = c.landscape_every = c.curvature_every = 0
+  c.steps = steps * 10_000
+  return c
+
+
+class JaxGroup:
+  """One group of the study path, advanced one segment per call."""
+
+  def __init__(self, config):
+    (self.run,) = runner.build_group_runs(study_lib.expand(config))
+    self.steps, self.start = config.segment_steps, 0
+
+  def __call__(self):
+    runner.run_segment(self.run, self.start)
+    self.start += self.steps
