@@ -1,0 +1,47 @@
+"""Loading a finished (or running) study for analysis in a notebook.
+
+``load(workdir)`` gives every record of every group as one xarray.Dataset
+whose model axis is indexed by the labels of the grid (variant, seed and each
+swept field), so ``ds.sel(variant="batchnorm", lr=0.1)`` picks models by what
+they are, never by position.
+"""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from icsjax import store
+
+# Per-group coordinates along `layer` that differ between groups (a swept
+# width or depth); they become per-model variables so groups can be joined.
+PER_GROUP_LAYER_COORDS = ("layer_units",)
+
+
+def model_labels(ds: xr.Dataset) -> list[str]:
+  """The per-model label coordinates of a group dataset: variant, seed, swept fields."""
+  return [k for k, c in ds.coords.items() if c.dims == ("model",) and k != "model"]
+
+
+def load(workdir) -> xr.Dataset:
+  """Every group's records joined along the model axis.
+
+  The model axis becomes a MultiIndex of the model labels; the global model id
+  is kept as ``model_id`` and the group name as ``group``. Variables a group
+  lacks (running statistics without batch norm, a layer a shallower group
+  does not have) read NaN there.
+  """
+  parts = []
+  for name, ds in store.load(workdir).items():
+    n = ds.sizes["model"]
+    ds = ds.assign_coords(model_id=("model", ds.model.values), group=("model", [name] * n))
+    for coord in PER_GROUP_LAYER_COORDS:
+      if coord in ds.coords:
+        units = ds[coord].reset_coords(drop=True)
+        ds = ds.drop_vars(coord).assign({coord: units.expand_dims(model=ds.model)})
+    ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("static_") and k != "group"}
+    parts.append(ds)
+  labels = model_labels(parts[0])
+  merged = xr.concat(parts, dim="model", join="outer", data_vars="all", coords="different",
+                     compat="equals", combine_attrs="drop_conflicts")
+  index_levels = [k for k in labels if k not in ("model_id", "group")]
+  return merged.drop_vars("model").set_index(model=index_levels)
