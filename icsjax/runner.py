@@ -121,7 +121,7 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
 
 def record_kinds(config) -> tuple[str, ...]:
   """The record kinds a run writes (the probes whose cadence is not 0)."""
-  return ("record", "eval") + tuple(p for p in probes.PROBES if config[f"{p}_every"])
+  return ("record", "eval") + tuple(p for p in study_lib.PROBES if config[f"{p}_every"])
 
 
 def time_coords(config, start: int) -> dict[str, np.ndarray]:

@@ -33,6 +33,7 @@ ARCHS = ("mlp", "dln", "vgg")
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "identity")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 MONITOR_MODES = ("train", "eval")
+PROBES = ("ics", "landscape", "curvature")  # icsjax.probes; each has a cadence field
 
 
 class ConfigError(ValueError):
@@ -257,7 +258,7 @@ def _sweep_items(config) -> dict[str, tuple]:
   return items
 
 
-PROBE_CADENCES = ("ics_every", "landscape_every", "curvature_every")
+PROBE_CADENCES = tuple(f"{p}_every" for p in PROBES)
 
 
 def _check_cadences(c):

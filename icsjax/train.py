@@ -219,11 +219,16 @@ class GroupProgram:
                       noise_key=seed_key(self.run.base_seed, seed_index, KEY_NOISE),
                       diverged_step=jnp.zeros((), jnp.int32))
 
+  @staticmethod
+  def draw_key(state: ModelState, step, purpose: int):
+    """The key of one purpose (DRAW_*) at one step of one model."""
+    return jax.random.fold_in(jax.random.fold_in(state.noise_key, step), purpose)
+
   def noise_key(self, state: ModelState, step, purpose: int):
     """The noise draw of one purpose at one step; None for a norm without noise."""
     if self.static["norm"] not in NOISY_NORMS:
       return None
-    return jax.random.fold_in(jax.random.fold_in(state.noise_key, step), purpose)
+    return self.draw_key(state, step, purpose)
 
   def loss(self, params, batch_stats, x, y, hp, noise_key):
     """Train-mode loss of a batch: (loss, (accuracy, taps, updated batch_stats))."""
@@ -250,8 +255,7 @@ class GroupProgram:
     tx = optim.make(self.static["optimizer"], hp)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    inside = probes.StepInternals(params=state.params, new_params=new_params,
-                                  batch_stats=state.batch_stats, x=x, y=y,
+    inside = probes.StepInternals(params=state.params, batch_stats=state.batch_stats, x=x, y=y,
                                   noise_key=noise_key, loss=loss, grads=grads, updates=updates)
     state = _set_diverged(state, ~jnp.isfinite(loss), step).replace(
         params=new_params, batch_stats=new_stats, opt_state=opt_state)
@@ -280,7 +284,7 @@ class GroupProgram:
     # Over monitor examples (and, in a conv layer, every position): (layer, unit, quantile)
     rec["monitor_percentiles"] = jnp.stack(
         [jnp.quantile(z.reshape(-1, z.shape[-1])[:, units], q, axis=0).T for _, z in taps])
-    return _nan_if(state.diverged_step > 0, rec)
+    return rec
 
   def evaluate(self, state: ModelState, hp, data: data_lib.Dataset):
     """Test loss/accuracy in eval mode (running statistics) and in train mode
@@ -301,14 +305,13 @@ class GroupProgram:
       return out
 
     per_batch = jax.lax.map(one_batch, (xs, ys), batch_size=min(self.run.eval_batch_chunk, nb))
-    return _nan_if(state.diverged_step > 0, jax.tree_util.tree_map(jnp.mean, per_batch))
+    return jax.tree_util.tree_map(jnp.mean, per_batch)
 
   def curvature_probe(self, state: ModelState, hp, data: data_lib.Dataset, step):
     """probes.curvature_records on the fixed probe batch (the first curvature_batch_size
     training examples), from the state after update `step`."""
     b = self.run.curvature_batch_size
-    vector_key = jax.random.fold_in(jax.random.fold_in(state.noise_key, step),
-                                    DRAW_CURVATURE_VECTORS)
+    vector_key = self.draw_key(state, step, DRAW_CURVATURE_VECTORS)
     return probes.curvature_records(self, hp, state.params, state.batch_stats, data.train_x[:b],
                             data.train_y[:b], self.noise_key(state, step, DRAW_CURVATURE_NOISE),
                             vector_key, self.run)

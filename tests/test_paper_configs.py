@@ -35,7 +35,7 @@ def shortened(config, probes=True):
   if c.arch == "vgg":
     c.width = min(c.width, 16)
   c.steps = c.segment_steps = c.record_every = c.eval_every = c.scan_length = 2
-  for probe in ("ics", "landscape", "curvature"):  # every probe that is on, at step 2
+  for probe in study.PROBES:  # every probe that is on, at step 2
     if c[f"{probe}_every"]:
       c[f"{probe}_every"] = 2 if probes else 0
   c.curvature_batch_size = min(c.curvature_batch_size, 16)

@@ -12,13 +12,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import struct
 
 from icsjax.probes import curvature as curvature_lib
 from icsjax.probes.ics import gradient_ics
 from icsjax.probes.landscape import along_update
 
-PROBES = ("ics", "landscape", "curvature")
 # Slack over the Lanczos basis (steps x parameters floats) for the work arrays of
 # a Hessian-vector product and the eigen-decomposition, per model.
 CURVATURE_MEMORY_FACTOR = 1.5
@@ -27,7 +27,6 @@ CURVATURE_MEMORY_FACTOR = 1.5
 class StepInternals(struct.PyTreeNode):
   """What one training step computed, kept for the probes that read it."""
   params: Any        # before the update
-  new_params: Any    # after it
   batch_stats: Any   # before the update
   x: jax.Array
   y: jax.Array
@@ -40,8 +39,8 @@ class StepInternals(struct.PyTreeNode):
 def ics_records(program, hp, inside: StepInternals):
   grad_fn = jax.grad(lambda p: program.loss(p, inside.batch_stats, inside.x, inside.y, hp,
                                             inside.noise_key)[0])
-  return gradient_ics(grad_fn, inside.params, inside.new_params, inside.grads,
-                      program.weight_layers)
+  return gradient_ics(grad_fn, inside.params, optax.apply_updates(inside.params, inside.updates),
+                      inside.grads, program.weight_layers)
 
 
 def landscape_records(program, hp, inside: StepInternals, lr_multiples):
