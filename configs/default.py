@@ -63,6 +63,9 @@ def get_config():
   c.monitor_mode = "train"
   c.eval_batch_chunk = 64
   c.cpu_devices = 0
+  # checkpoints (WORKDIR/checkpoints): a rerun of the same command resumes from the latest
+  c.checkpoint_segments = 1
+  c.checkpoint_keep = 0
   # probes (DESIGN.md B.2-B.4): every cadence a multiple of scan_length; 0 = off
   c.ics_every = 250
   c.landscape_every = 250

@@ -74,6 +74,11 @@ def input_shape_and_outputs(static: dict) -> tuple[tuple[int, ...], int]:
   return (static["regression_dim"],), static["regression_dim"]
 
 
+def task_of(static: dict) -> str:
+  """classification or regression, from the dataset's name alone."""
+  return REGRESSION if static["dataset"] == "gaussian_regression" else CLASSIFICATION
+
+
 def standardisation(raw_train_x: np.ndarray, axes=(0,)):
   """Mean and inverse standard deviation over `axes` (0 where constant)."""
   mean = raw_train_x.mean(axis=axes)

@@ -1,4 +1,5 @@
-"""Runs a study: validate, place data, then every group segment by segment."""
+"""Runs a study: validate, place data, then every group segment by segment,
+checkpointing as it goes and resuming where a killed run stopped."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icsjax import checkpoint as checkpoint_lib
 from icsjax import data as data_lib
+from icsjax import faults
 from icsjax import probes
 from icsjax import store
 from icsjax import study as study_lib
@@ -119,6 +122,22 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
   return runs
 
 
+def host_state(gr: GroupRun) -> train.ModelState:
+  """The group's state on the host, its real models only (what a checkpoint holds)."""
+  return jax.tree_util.tree_map(lambda a: np.asarray(a)[:gr.group.size],
+                                jax.device_get(gr.state))
+
+
+def place_state(gr: GroupRun, state: train.ModelState) -> train.ModelState:
+  """A host state of the group's real models, padded and laid out for this run's
+  devices (which may be more or fewer than the run that saved it had)."""
+  sharding = model_sharding(gr.group.size)
+  devices = 1 if sharding is None else sharding.mesh.size
+  state = jax.tree_util.tree_map(lambda a: jnp.asarray(pad_models(np.asarray(a), devices)),
+                                 state)
+  return state if sharding is None else jax.device_put(state, sharding)
+
+
 def record_kinds(config) -> tuple[str, ...]:
   """The record kinds a run writes (the probes whose cadence is not 0)."""
   return ("record", "eval") + tuple(p for p in study_lib.PROBES if config[f"{p}_every"])
@@ -196,16 +215,17 @@ def run_segment(gr: GroupRun, start: int) -> dict:
 class Progress:
   """Steps done, model-steps/s and ETA on one line (tqdm when it is installed)."""
 
-  def __init__(self, total_steps: int, num_models: int, enabled: bool):
+  def __init__(self, total_steps: int, num_models: int, enabled: bool, resumed_at: int = 0):
     self.total, self.models, self.done = total_steps, num_models, 0
     self.t0 = time.perf_counter()
     self.bar = None
     if enabled:
       from tqdm import tqdm
-      self.bar = tqdm(total=total_steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+      self.bar = tqdm(total=total_steps, initial=resumed_at, unit="step", file=sys.stderr,
+                      dynamic_ncols=True)
 
   def update(self, steps: float):
-    self.done += steps
+    self.done += steps  # this process's steps: the rate leaves resumed ones out
     if self.bar is not None:
       rate = self.done * self.models / max(time.perf_counter() - self.t0, 1e-9)
       self.bar.set_postfix_str(f"{rate:,.0f} model-steps/s")
@@ -216,28 +236,74 @@ class Progress:
       self.bar.close()
 
 
+def resume(runs: list[GroupRun], checkpoints, config, workdir, log) -> int:
+  """Restores every group from the newest intact checkpoint whose records are all
+  on disk, deletes records written after it, and returns the first segment to
+  run (0 when there is nothing to resume from)."""
+  seg = config.segment_steps
+  written = min(store.complete_segments(workdir, gr.group.name) for gr in runs)
+  step, states = 0, None
+  if checkpoints is not None:
+    step, states = checkpoints.restore_latest(
+        {gr.group.name: host_state(gr) for gr in runs},
+        checkpoint_lib.fingerprint(config.to_json()), at_most=written * seg, log=log)
+    checkpoints.delete_after(step)
+  for gr in runs:
+    store.truncate(workdir, gr.group.name, step // seg)
+    if states is not None:
+      gr.state = place_state(gr, states[gr.group.name])
+  if step:
+    log(f"{workdir} holds this same config: resuming it at step {step}, its latest intact "
+        f"checkpoint (records after it, if any, are written again)")
+  else:
+    log(f"{workdir} holds this same config but no intact checkpoint: rerunning it from "
+        f"step 0 (runs are deterministic, so its records come out identical)")
+  return step // seg
+
+
+def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, bar) -> None:
+  """Trains every group through segment `seg` and writes its records."""
+  start = seg * config.segment_steps
+  for gr in runs:
+    records = run_segment(gr, start)
+    if seg == 0:
+      store.write_schema(workdir, gr.group.name,
+                         store.make_schema(records, fixed_coords(config, gr),
+                                           record_attrs(config, gr)))
+    store.write_segment(workdir, gr.group.name, seg, records, time_coords(config, start))
+    bar.update(config.segment_steps / len(runs))
+
+
 def run(config, workdir, *, progress: bool = True, log=print) -> dict:
-  """Runs the study of `config` into `workdir`; returns {group: xarray.Dataset}."""
+  """Runs the study of `config` into `workdir`; returns {group: xarray.Dataset}.
+
+  Same config, same workdir: resumes from the latest intact checkpoint, and
+  the records come out bitwise identical to an uninterrupted run's.
+  """
   study = study_lib.expand(config)  # every config error surfaces here, before compute
   status = store.prepare_workdir(workdir, config.to_json(), grid_json(study))
-  if status == "restart":
-    log(f"{workdir} holds this same config: rerunning it from step 0 "
-        f"(runs are deterministic, so its records come out identical)")
   log(f"study: {len(study.groups)} group(s), {study.num_models} models, "
       f"{config.steps} steps, on {len(jax.local_devices())} {jax.devices()[0].platform} "
       f"device(s)")
   runs = build_group_runs(study)
-  bar = Progress(config.steps, study.num_models, progress)
-  for seg in range(study.num_segments):
-    start = seg * config.segment_steps
-    for gr in runs:
-      records = run_segment(gr, start)
-      if seg == 0:
-        store.write_schema(workdir, gr.group.name,
-                           store.make_schema(records, fixed_coords(config, gr),
-                                             record_attrs(config, gr)))
-      store.write_segment(workdir, gr.group.name, seg, records, time_coords(config, start))
-      bar.update(config.segment_steps / len(runs))
+  checkpoints = (checkpoint_lib.Checkpoints(workdir, config.checkpoint_keep)
+                 if config.checkpoint_segments else None)
+  try:
+    first = resume(runs, checkpoints, config, workdir, log) if status == "resume" else 0
+    bar = Progress(config.steps, study.num_models, progress, first * config.segment_steps)
+    for seg in range(first, study.num_segments):
+      run_segment_of_every_group(runs, seg, config, workdir, bar)
+      faults.point("after_segment")
+      end = (seg + 1) * config.segment_steps
+      # After every group's records of the segment: a checkpoint never runs ahead of them.
+      if checkpoints is not None and ((seg + 1) % config.checkpoint_segments == 0
+                                      or end == config.steps):
+        checkpoints.save(end, {gr.group.name: host_state(gr) for gr in runs},
+                         checkpoint_lib.fingerprint(config.to_json()))
+  finally:
+    if checkpoints is not None:
+      checkpoints.wait()
+      checkpoints.close()
   bar.close()
   datasets = store.load(workdir)
   table = summary_lib.format_table(summary_lib.rows(datasets, config.eval_every))

@@ -7,6 +7,7 @@ Layout::
   WORKDIR/versions.json          library versions and devices
   WORKDIR/records/GROUP/schema.json         variable -> named dims; fixed coordinates
   WORKDIR/records/GROUP/segment_NNNNNN.npz  one file per finished segment
+  WORKDIR/checkpoints/STEP/                 training state (icsjax.checkpoint)
 
 A segment file is written to a temporary name and renamed, so it is either
 whole or absent; truncating a run back to step S is deleting the segment
@@ -16,15 +17,17 @@ variable's time axis (step, record_step or eval_step).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
 import platform
 import re
-import shutil
 from typing import Any
 
 import numpy as np
+
+from icsjax import faults
 
 RECORDS = "records"
 SEGMENT_RE = re.compile(r"segment_(\d{6})\.npz$")
@@ -50,11 +53,21 @@ def variable_dims(kind: str, name: str) -> tuple[str, ...]:
   return ("model", TIME_AXES[kind]) + INNER_DIMS.get(name, default)
 
 
-def write_atomic(path: pathlib.Path, write) -> None:
-  """Calls write(file) on a temporary file, syncs it, then renames it to path."""
+def write_atomic(path: pathlib.Path, write, kill_point: str = "") -> None:
+  """Calls write(file) on a temporary file, syncs it, then renames it to path.
+
+  kill_point names a faults.point reached halfway through the bytes, so tests
+  can kill a run mid-write."""
   tmp = path.with_name(path.name + ".tmp")
+  buf = io.BytesIO()
+  write(buf)
+  data = buf.getbuffer()
   with open(tmp, "wb") as f:
-    write(f)
+    f.write(data[:len(data) // 2])
+    if kill_point:
+      f.flush()
+      faults.point(kill_point)
+    f.write(data[len(data) // 2:])
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
@@ -96,13 +109,22 @@ def write_segment(workdir, group: str, index: int, records: dict,
   arrays = {name: np.asarray(a) for tree in records.values() for name, a in tree.items()}
   arrays.update({axis: np.asarray(v) for axis, v in time_coords.items()})
   path = group_dir(workdir, group) / f"segment_{index:06d}.npz"
-  write_atomic(path, lambda f: np.savez(f, **arrays))
+  write_atomic(path, lambda f: np.savez(f, **arrays), kill_point="record_write")
   return path
 
 
 def segment_paths(workdir, group: str) -> list[pathlib.Path]:
   d = group_dir(workdir, group)
   return sorted(p for p in d.glob("segment_*.npz") if SEGMENT_RE.search(p.name))
+
+
+def complete_segments(workdir, group: str) -> int:
+  """How many segments from the first on are written without a gap."""
+  present = {int(SEGMENT_RE.search(p.name).group(1)) for p in segment_paths(workdir, group)}
+  n = 0
+  while n in present:
+    n += 1
+  return n
 
 
 def truncate(workdir, group: str, keep_segments: int) -> None:
@@ -181,8 +203,8 @@ def versions() -> dict:
 def prepare_workdir(workdir, config_json: str, grid: dict) -> str:
   """Creates the workdir, or refuses one that holds a different study.
 
-  Returns "new" or "restart" (same config: its records are rewritten, which
-  reproduces them bitwise because runs are deterministic).
+  Returns "new" or "resume" (the same config: the runner resumes it from its
+  latest intact checkpoint, or from step 0).
   """
   workdir = pathlib.Path(workdir)
   cfg_path = workdir / "config.json"
@@ -192,8 +214,7 @@ def prepare_workdir(workdir, config_json: str, grid: dict) -> str:
       raise FileExistsError(
           f"--workdir={workdir} holds a study with a different config; "
           f"choose another --workdir or delete that one")
-    status = "restart"
-    shutil.rmtree(workdir / RECORDS, ignore_errors=True)
+    status = "resume"
   elif workdir.exists() and any(workdir.iterdir()):
     raise FileExistsError(f"--workdir={workdir} is not empty and holds no icsjax study; "
                           f"choose another --workdir")

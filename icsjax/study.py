@@ -164,6 +164,10 @@ FIELDS: dict[str, Field] = {
     "tracked_units": Field("run", _int_tuple, "units whose monitor-set percentiles are recorded"),
     "monitor_mode": Field("run", _choice(MONITOR_MODES), "norm mode of the percentile pass"),
     "eval_batch_chunk": Field("run", _int(1), "test batches evaluated at once (memory bound)"),
+    "checkpoint_segments": Field("run", _int(0), "checkpoint the training state after every "
+                                 "this many segments, and after the last (0: never, and a "
+                                 "rerun starts over)"),
+    "checkpoint_keep": Field("run", _int(0), "newest checkpoints kept (0: all)"),
     # probes (DESIGN.md B.2-B.4); a cadence of 0 switches a probe off
     "ics_every": Field("run", _int(0), "steps between gradient-ICS probes (0: off)"),
     "landscape_every": Field("run", _int(0), "steps between loss-landscape probes (0: off)"),

@@ -148,6 +148,12 @@ CASES = [
     ("landscape-multiples-repeat", dict(landscape_lr_multiples=(1.0, 1.0)),
      "landscape_lr_multiples", ["must not repeat"]),
     ("hutchinson-zero", dict(hutchinson_samples=0), "hutchinson_samples", ["must be >= 1"]),
+    # checkpoints
+    ("checkpoint-segments-negative", dict(checkpoint_segments=-1), "checkpoint_segments",
+     ["must be >= 0"]),
+    ("checkpoint-segments-float", dict(checkpoint_segments=1.5), "checkpoint_segments",
+     ["integer"]),
+    ("checkpoint-keep-negative", dict(checkpoint_keep=-2), "checkpoint_keep", ["must be >= 0"]),
     ("lanczos-above-params", dict(lanczos_steps=10**6), "lanczos_steps",
      ["<= 27710", "parameter count"]),
     ("curvature-batch-above-train", dict(curvature_batch_size=5000), "curvature_batch_size",

@@ -3,7 +3,8 @@
 ``load(workdir)`` gives every record of every group as one xarray.Dataset
 whose model axis is indexed by the labels of the grid (variant, seed and each
 swept field), so ``ds.sel(variant="batchnorm", lr=0.1)`` picks models by what
-they are, never by position.
+they are, never by position. ``load_model(workdir, step=..., variant=...,
+seed=..., lr=...)`` gives one model back from a checkpoint, ready to apply.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import xarray as xr
 
 from icsjax import store
+from icsjax.analysis.saved_models import SavedModel, load_model  # noqa: F401  (the API)
 
 # Per-group coordinates along `layer` that differ between groups (a swept
 # width or depth); they become per-model variables so groups can be joined.

@@ -1,0 +1,178 @@
+"""Checkpoints of every group's training state (orbax CheckpointManager).
+
+Layout::
+
+  WORKDIR/checkpoints/STEP/GROUP/   one group's state (orbax StandardSave)
+  WORKDIR/checkpoints/STEP/meta/    step, config fingerprint, a checksum per group
+
+A group's state is saved as host arrays of its real models only (the padding
+that made the model axis divide the devices is dropped), as a plain nested
+dict (``flax.serialization.to_state_dict``), so a checkpoint restores on any
+device count and loads in a notebook without the training code's classes.
+
+Orbax writes a step into a temporary directory and renames it when complete,
+so a kill mid-save leaves no step behind. What a rename cannot catch (a file
+truncated or lost afterwards, metadata deleted) the checksum does: a restore
+that fails or reads different bytes raises ``CorruptCheckpoint``, and
+``restore_latest`` falls back to the step before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+from typing import Any, Callable
+
+import numpy as np
+from flax import serialization
+
+from icsjax import faults
+
+CHECKPOINTS = "checkpoints"
+META = "meta"
+
+
+class CorruptCheckpoint(Exception):
+  """A checkpoint step that is incomplete, unreadable or not what was saved."""
+
+
+def fingerprint(config_json: str) -> str:
+  return hashlib.sha256(config_json.encode()).hexdigest()
+
+
+def checksum(tree) -> str:
+  """A digest of every leaf's dtype, shape and bytes, in tree order."""
+  import jax
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    a = np.ascontiguousarray(leaf)
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def directory(workdir) -> pathlib.Path:
+  return pathlib.Path(workdir).absolute() / CHECKPOINTS
+
+
+class Checkpoints:
+  """A workdir's checkpoints: save group states at a step, restore the latest good one.
+
+  keep: how many of the newest steps to keep (0: all). async_save: saves run
+  in a background thread while training goes on (the next save waits for it).
+  """
+
+  def __init__(self, workdir, keep: int = 0, async_save: bool = True):
+    import orbax.checkpoint as ocp
+    self._ocp = ocp
+    self.directory = directory(workdir)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep or None, create=True, enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    """Steps whose save completed (orbax lists renamed, finished steps only)."""
+    self.manager.reload()
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, states: dict[str, Any], config_fingerprint: str) -> None:
+    """Starts saving {group: host state} at `step`; returns before the write ends
+    when saving is asynchronous."""
+    trees = {g: serialization.to_state_dict(s) for g, s in states.items()}
+    meta = {"step": int(step), "config_fingerprint": config_fingerprint,
+            "checksums": {g: checksum(t) for g, t in trees.items()}}
+    args = {g: self._ocp.args.StandardSave(t) for g, t in trees.items()}
+    args[META] = self._ocp.args.JsonSave(meta)
+    self.manager.save(int(step), args=self._ocp.args.Composite(**args), force=True)
+    faults.point("checkpoint_save")  # tests kill here, while the save is being written
+
+  def read_meta(self, step: int) -> dict:
+    try:  # a damaged step can fail in many ways inside orbax
+      return self.manager.restore(
+          step, args=self._ocp.args.Composite(**{META: self._ocp.args.JsonRestore()}))[META]
+    except Exception as e:  # orbax raises many kinds for a damaged step
+      raise CorruptCheckpoint(f"step {step}: metadata unreadable ({type(e).__name__}: "
+                              f"{_first_line(e)})") from e
+
+  def read(self, step: int, groups, targets: dict | None = None,
+           config_fingerprint: str | None = None) -> dict[str, dict]:
+    """{group: nested dict of host arrays} at `step`, checked against the saved
+    checksums. targets ({group: state dict}) fix the arrays' structure; without
+    them the saved structure is read back as it is."""
+    meta = self.read_meta(step)
+    if config_fingerprint is not None and meta.get("config_fingerprint") != config_fingerprint:
+      raise CorruptCheckpoint(f"step {step} was saved by a different config")
+    missing = sorted(set(groups) - set(meta.get("checksums", {})))
+    if missing:
+      raise CorruptCheckpoint(f"step {step} holds no state of group {missing[0]}")
+    restore = self._ocp.args.StandardRestore
+    try:
+      got = self.manager.restore(step, args=self._ocp.args.Composite(
+          **{g: restore(targets[g]) if targets else restore() for g in groups}))
+    except Exception as e:  # orbax raises many kinds for a damaged step
+      raise CorruptCheckpoint(f"step {step}: state unreadable ({type(e).__name__}: "
+                              f"{_first_line(e)})") from e
+    out = {g: _as_numpy(got[g]) for g in groups}
+    for g, tree in out.items():
+      if checksum(tree) != meta["checksums"][g]:
+        raise CorruptCheckpoint(f"step {step}: group {g}'s arrays differ from what was saved")
+    return out
+
+  def restore(self, step: int, templates: dict[str, Any],
+              config_fingerprint: str | None = None) -> dict[str, Any]:
+    """{group: host state} at `step`, in the structure of `templates` (host states
+    of the same groups); only the groups of `templates` are read."""
+    targets = {g: serialization.to_state_dict(t) for g, t in templates.items()}
+    trees = self.read(step, list(templates), targets, config_fingerprint)
+    return {g: serialization.from_state_dict(templates[g], trees[g]) for g in templates}
+
+  def restore_latest(self, templates: dict[str, Any], config_fingerprint: str,
+                     at_most: int | None = None, log: Callable[[str], None] = print):
+    """(step, {group: host state}) of the newest step <= at_most that restores
+    intact, saying which damaged ones it passed over; (0, None) if none does."""
+    return self._newest_intact(lambda s: self.restore(s, templates, config_fingerprint),
+                               at_most, log)
+
+  def read_latest(self, groups, log: Callable[[str], None] = print):
+    """(step, {group: state dict}) of the newest step that reads intact; (0, None) if none."""
+    return self._newest_intact(lambda s: self.read(s, groups), None, log)
+
+  def _newest_intact(self, read, at_most, log):
+    for step in reversed(self.steps()):
+      if at_most is not None and step > at_most:
+        continue
+      try:
+        return step, read(step)
+      except CorruptCheckpoint as e:
+        log(f"checkpoint {self.directory / str(step)} is damaged ({e}); "
+            f"falling back to the one before")
+    return 0, None
+
+  def delete_after(self, step: int) -> None:
+    """Deletes the steps after `step`: a resumed run saves them again, and a
+    damaged one must not be found first next time."""
+    for s in self.steps():
+      if s > step:
+        self.manager.delete(s)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+  # orbax's background machinery must be shut down before the interpreter's.
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _as_numpy(tree):
+  import jax
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def _first_line(e: Exception) -> str:
+  return (str(e).strip().splitlines() or [""])[0][:200]

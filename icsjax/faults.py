@@ -1,0 +1,27 @@
+"""A test hook that kills this process at a named point of a run.
+
+Crash safety is only believable when tested at the worst moments: halfway
+through writing a record file, or while a checkpoint is being saved. With
+``ICSJAX_KILL_AT=POINT:N`` in the environment, the N-th time (from 1) the run
+reaches ``point(POINT)`` the process gets SIGKILL, which nothing can catch or
+clean up after. Unset, a point costs one environment lookup.
+"""
+
+import os
+import signal
+
+ENV = "ICSJAX_KILL_AT"
+POINTS = ("record_write", "checkpoint_save", "after_segment")
+_reached: dict[str, int] = {}
+
+
+def point(name: str) -> None:
+  spec = os.environ.get(ENV)
+  if not spec:
+    return
+  target, _, nth = spec.partition(":")
+  if target != name:
+    return
+  _reached[name] = _reached.get(name, 0) + 1
+  if _reached[name] == int(nth or 1):
+    os.kill(os.getpid(), signal.SIGKILL)
