@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from icsjax import devices
+from icsjax import report
 from icsjax import runner
 from icsjax import study as study_lib
 from icsjax.study import ConfigError
@@ -20,6 +21,8 @@ config_flags.DEFINE_config_file("config", None, "Study config file (configs/*.py
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for the study's records and metadata.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("report", True, "Write WORKDIR/report/ (figures, report.md, report.html) "
+                  "at the end; python -m icsjax.report WORKDIR writes it later.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -31,6 +34,8 @@ def main(argv):
     study_lib.validate(FLAGS.config)  # before anything else, JAX's start included
     print(devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices)))
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+    if FLAGS.report:
+      print(f"report: {report.write(FLAGS.workdir)}")
   except (ConfigError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

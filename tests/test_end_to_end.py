@@ -17,6 +17,9 @@ def test_default_study_from_the_command_line(tmp_path):
          f"--workdir={workdir}", "--config.steps=500", "--config.seeds=2", "--noprogress"]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
+  # The report follows the run (tests/test_report.py checks what it says).
+  assert f"report: {workdir / 'report' / 'report.md'}" in out.stdout
+  assert (workdir / "report" / "report.html").exists()
   groups = store.load(workdir)
   assert list(groups) == ["norm-none", "norm-batchnorm", "norm-noisy_batchnorm"]
   grid = json.loads((workdir / "grid.json").read_text())

@@ -1,0 +1,71 @@
+"""The study report: figures, report.md and a self-contained report.html.
+
+  python -m icsjax.report WORKDIR
+
+``write(workdir)`` loads the workdir's records (``icsjax.analysis.load``),
+draws the figures its records allow, computes one section per question of
+DESIGN.md C with seed-paired effects, and writes WORKDIR/report/.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import xarray as xr
+
+from icsjax.report import questions
+from icsjax.report import render as r
+from icsjax.report import study_info
+
+REPORT_DIR = "report"
+TITLE = "icsjax study report"
+
+
+def sections(ds: xr.Dataset, info: dict, figs: dict | None = None) -> list:
+  """The question sections (questions.Section: headline, blocks, effects) of a study;
+  `info` is study_info.read(workdir)."""
+  return [q(ds, figs or {}, info) for q in questions.ALL]
+
+
+def build(ds: xr.Dataset, info: dict, figs: dict) -> list:
+  """Every block of the report, in reading order."""
+  secs = sections(ds, info, figs)
+  out = [r.Para(f"Workdir: `{info.get('workdir', '?')}`."), *study_info.warnings(ds, info),
+         r.Heading("Answers at a glance"),
+         r.Bullets(tuple(f"**Q{s.number}. {s.question}** {s.headline}" for s in secs)),
+         *study_info.blocks(ds, info), r.Heading("Training")]
+  out += [r.Image(*figs[n]) for n in ("curves",) if figs.get(n)]
+  if info.get("summary"):
+    out += [r.Para("Final metrics per variant (`summary.txt`, mean ± std over seeds):"),
+            r.Code(info["summary"])]
+  for s in secs:
+    out += [r.Heading(f"Q{s.number}. {s.question}"), *s.blocks]
+  return out
+
+
+def write(workdir, *, dataset: xr.Dataset | None = None, out=None) -> pathlib.Path:
+  """Writes the report of `workdir` into `out` (default WORKDIR/report); returns the
+  path of report.md. `dataset` replaces the loaded records (e.g. a relabelled copy)."""
+  # Imported here: `icsjax.main` imports this package before the run, and neither
+  # matplotlib nor the loaders are needed until the run is over.
+  from icsjax import analysis
+  from icsjax.report import figures
+  workdir = pathlib.Path(workdir)
+  folder = pathlib.Path(out) if out is not None else workdir / REPORT_DIR
+  folder.mkdir(parents=True, exist_ok=True)
+  ds = analysis.load(workdir) if dataset is None else dataset
+  info = study_info.read(workdir)
+  info["workdir"] = str(workdir)
+  summary = workdir / "summary.txt"
+  info["summary"] = summary.read_text() if summary.exists() else ""
+  figs = {}
+  for draw in figures.ALL:
+    drawn = draw(ds, folder)
+    if drawn is not None:
+      figs[draw.__name__] = drawn
+  blocks = build(ds, info, figs)
+  md = folder / "report.md"
+  md.write_text(r.markdown(TITLE, blocks), encoding="utf-8")
+  (folder / "report.html").write_text(r.html_page(TITLE, blocks, folder),
+                                      encoding="utf-8")
+  return md

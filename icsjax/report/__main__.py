@@ -1,0 +1,27 @@
+"""Writes WORKDIR/report/ (figures, report.md, report.html) for a finished study.
+
+  python -m icsjax.report WORKDIR [--out DIR]
+"""
+
+import argparse
+import sys
+
+from icsjax import report
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m icsjax.report", description=__doc__)
+  parser.add_argument("workdir", help="a study's workdir (python -m icsjax.main --workdir)")
+  parser.add_argument("--out", default=None, help="output folder (default WORKDIR/report)")
+  args = parser.parse_args(argv)
+  try:
+    path = report.write(args.workdir, out=args.out)
+  except FileNotFoundError as e:
+    print(f"error: {args.workdir} holds no icsjax study ({e})", file=sys.stderr)
+    return 2
+  print(f"report: {path} (and report.html beside it)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,202 @@
+"""Effects: paired contrasts of a metric between labels, with seed-level intervals.
+
+A contrast pairs models whose labels agree on everything but one level
+(variant, or depth) and share the seed index, takes one difference per seed
+(a log-ratio for ratio metrics), and gives a t interval for every combination
+of the remaining labels (a "cell", e.g. one per learning rate): nothing is
+pooled across learning rates or other swept values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from icsjax.report import stats
+from icsjax.report.metrics import Metric
+
+SEED = "seed"
+VARIANT = "variant"
+BASELINE = "none"  # every other variant is compared with the model without a norm
+NOISY_PREFIX = "noisy_"  # noisy_X is compared with X (Santurkar et al. sec. 2)
+
+
+def label_levels(ds: xr.Dataset) -> list[str]:
+  return list(ds.indexes["model"].names)
+
+
+def cell_levels(ds: xr.Dataset, *also: str) -> list[str]:
+  """The labels an effect is computed separately for: all but seed, variant, `also`."""
+  return [k for k in label_levels(ds) if k not in (SEED, VARIANT) + also]
+
+
+def level_values(ds: xr.Dataset, level: str) -> list:
+  """A label's distinct values, in the order of the model axis."""
+  return list(dict.fromkeys(ds[level].values.tolist()))
+
+
+def variants(ds: xr.Dataset) -> list[str]:
+  return level_values(ds, VARIANT)
+
+
+def baseline_contrasts(ds: xr.Dataset) -> list[tuple[str, str]]:
+  """(variant, "none") for every other variant; none without a baseline."""
+  vs = variants(ds)
+  return [(v, BASELINE) for v in vs if v != BASELINE] if BASELINE in vs else []
+
+
+def noisy_contrasts(ds: xr.Dataset) -> list[tuple[str, str]]:
+  vs = variants(ds)
+  return [(v, v[len(NOISY_PREFIX):]) for v in vs
+          if v.startswith(NOISY_PREFIX) and v[len(NOISY_PREFIX):] in vs]
+
+
+def cells(ds: xr.Dataset, *drop: str) -> list[tuple[tuple[str, object], ...]]:
+  """Every combination of the non-seed, non-variant labels present, in model order."""
+  levels = cell_levels(ds, *drop)
+  keys = zip(*(ds[k].values.tolist() for k in levels)) if levels else [()]
+  return [tuple(zip(levels, key)) for key in dict.fromkeys(keys)]
+
+
+def select(ds: xr.Dataset, variant: str | None, cell) -> xr.Dataset:
+  """The models of one variant (None: any) and cell, by label, seeds along `model`."""
+  mask = np.ones(ds.sizes["model"], bool)
+  if variant is not None:
+    mask &= ds[VARIANT].values == variant
+  for k, v in cell:
+    mask &= ds[k].values == v
+  return ds.isel(model=np.flatnonzero(mask))
+
+
+def per_model(metric: Metric, ds: xr.Dataset) -> pd.Series:
+  """The metric of every model, indexed by the model labels."""
+  da = metric.compute(ds)
+  extra = [d for d in da.dims if d != "model"]
+  assert not extra, f"{metric.key} left dims {extra}"
+  return da.to_series()
+
+
+def paired(values: pd.Series, level: str, a, b, log: bool) -> pd.Series:
+  """One difference per seed and cell: value at level=a minus value at level=b
+  (log-ratio when `log`), the other labels equal. NaN where a side is missing."""
+  wide = values.unstack(level)
+  if log:
+    diff = stats.log_ratio(wide[a].to_numpy(), wide[b].to_numpy())
+  else:
+    diff = wide[a].to_numpy(dtype=float) - wide[b].to_numpy(dtype=float)
+  return pd.Series(diff, index=wide.index)
+
+
+@dataclasses.dataclass(frozen=True)
+class Effect:
+  metric: Metric
+  contrast: str  # e.g. "batchnorm vs none"
+  cell: tuple[tuple[str, object], ...]  # e.g. (("lr", 0.1),)
+  interval: stats.Interval  # on the log scale when scale == "ratio"
+  scale: str  # "ratio" (shown as exp of the interval) or "difference"
+  seeds: int  # seed indices paired, before pairs with a missing value are dropped
+
+  @property
+  def verdict(self) -> str:
+    if self.interval.n < 2:
+      return "too few seeds"
+    return {-1: "lower", 1: "higher", 0: "inconclusive"}[self.interval.sign]
+
+  def shown(self) -> tuple[float, float, float]:
+    """(estimate, low, high) on the scale a reader reads: a ratio or a difference."""
+    iv = self.interval
+    f = math.exp if self.scale == "ratio" else float
+    return tuple(f(x) if math.isfinite(x) else math.nan for x in (iv.mean, iv.low, iv.high))
+
+  def text(self) -> str:
+    est, low, high = self.shown()
+    fmt = self.metric.fmt
+    if self.scale == "ratio":
+      num = f"×{est:{fmt}}"
+      ci = f"[{low:{fmt}}, {high:{fmt}}]"
+    else:
+      num = f"{est:+{fmt}}"
+      ci = f"[{low:+{fmt}}, {high:+{fmt}}]"
+    return num if math.isnan(low) else f"{num} {ci}"
+
+  def cell_text(self) -> str:
+    return cell_text(self.cell)
+
+
+def value_text(v) -> str:
+  return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def cell_text(cell) -> str:
+  return ", ".join(f"{k}={value_text(v)}" for k, v in cell) or "all models"
+
+
+def effects(differences: pd.Series, metric: Metric, contrast: str, scale: str) -> list[Effect]:
+  """One Effect per cell of per-seed `differences` (index: seed and cell levels)."""
+  cells = [k for k in differences.index.names if k != SEED]
+  if not cells:
+    groups = [((), differences)]
+  else:
+    groups = [(tuple(zip(cells, key if isinstance(key, tuple) else (key,))), part)
+              for key, part in differences.groupby(level=cells, sort=True)]
+  return [Effect(metric, contrast, cell, stats.t_interval(part.to_numpy()), scale,
+                 len(part)) for cell, part in groups]
+
+
+def compare(ds: xr.Dataset, metric: Metric, a: str, b: str,
+            level: str = VARIANT) -> list[Effect]:
+  """Metric at level=a versus level=b, paired over seeds, one Effect per cell."""
+  log = metric.scale == "ratio"
+  diff = paired(per_model(metric, ds), level, a, b, log)
+  if level == VARIANT:
+    return effects(diff, metric, f"{a} vs {b}", metric.scale)
+  # Along another label (depth), each variant is its own contrast, never pooled.
+  return [e for v in variants(ds) for e in
+          effects(diff.xs(v, level=VARIANT), metric, f"{v}: {level} {a} vs {b}", metric.scale)]
+
+
+def within(ds: xr.Dataset, metric: Metric, variant: str) -> list[Effect]:
+  """A metric that is itself a difference within each model (one sample per seed)."""
+  values = per_model(metric, ds)
+  part = values.xs(variant, level=VARIANT)
+  return effects(part, metric, variant, "difference")
+
+
+def depth_interaction(ds: xr.Dataset, metric: Metric, a: str, b: str, deep, shallow,
+                      level: str = "depth") -> list[Effect]:
+  """How a variant contrast changes with depth: per seed, the a-vs-b contrast at
+  the deepest models minus that at the shallowest (a ratio of ratios for ratio
+  metrics)."""
+  log = metric.scale == "ratio"
+  per_depth = paired(per_model(metric, ds), VARIANT, a, b, log)
+  diff = paired(per_depth, level, deep, shallow, log=False)
+  return effects(diff, metric, f"({a} vs {b}) at {level} {deep} vs {shallow}", metric.scale)
+
+
+def seed_counts(ds: xr.Dataset) -> int:
+  """The fewest seeds any variant-and-cell combination has."""
+  frame = ds.indexes["model"].to_frame(index=False)
+  keys = [k for k in label_levels(ds) if k != SEED]
+  return int(frame.groupby(keys).size().min())
+
+
+def per_variant_summary(ds: xr.Dataset, metric: Metric) -> pd.DataFrame:
+  """Mean, t interval and seed count of a metric per variant and cell (not paired)."""
+  values = per_model(metric, ds)
+  keys = [VARIANT] + cell_levels(ds)
+  rows = []
+  for key, part in values.groupby(level=keys, sort=False):
+    key = key if isinstance(key, tuple) else (key,)
+    iv = stats.t_interval(part.to_numpy())
+    rows.append(dict(zip(keys, key), mean=iv.mean, low=iv.low, high=iv.high, n=iv.n,
+                     seeds=len(part)))
+  return pd.DataFrame(rows)
+
+
+def diverged(ds: xr.Dataset) -> int:
+  """How many of the models diverged."""
+  return int((ds.diverged_step.values > 0).sum()) if "diverged_step" in ds else 0

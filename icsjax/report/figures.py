@@ -1,0 +1,300 @@
+"""The report's figures, each a PNG drawn from the labelled records.
+
+Every function takes the loaded Dataset and a folder, draws one figure when
+the records it needs exist, and returns (file name, caption), or None.
+Seed bands are the min-max range over seeds around the mean, so a single
+outlying seed stays visible; lines of one variant keep one colour everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import numpy as np
+import xarray as xr
+from matplotlib import ticker
+from matplotlib.figure import Figure  # no pyplot: no global state, Agg by default
+
+from icsjax.report import effects as fx
+from icsjax.report import metrics
+from icsjax.report import stats
+
+DPI = 110
+PANEL = (4.3, 3.0)  # inches per panel: readable at a glance on a laptop screen
+
+
+def _title(cell, *first) -> str:
+  return ", ".join([str(f) for f in first] + ([fx.cell_text(cell)] if cell else []))
+
+
+def colours(ds: xr.Dataset) -> dict[str, str]:
+  return {v: f"C{i}" for i, v in enumerate(fx.variants(ds))}
+
+
+def _grid(rows: int, cols: int, **kw):
+  fig = Figure(figsize=(PANEL[0] * cols, PANEL[1] * rows + 0.6), dpi=DPI,
+               layout="constrained")
+  axes = fig.subplots(rows, cols, squeeze=False, **kw)
+  return fig, axes
+
+
+def _band(ax, values: xr.DataArray, colour: str, label: str):
+  """Mean over seeds (the `model` dim) as a line, min-max over seeds as a band, against
+  the other dim (a time axis)."""
+  (time,) = [d for d in values.dims if d != "model"]
+  x = values[time].values
+  with np.errstate(all="ignore"):
+    mean = values.mean("model").values
+    lo, hi = values.min("model").values, values.max("model").values
+  ax.plot(x, mean, color=colour, label=label, lw=1.6)
+  if values.sizes["model"] > 1:
+    ax.fill_between(x, lo, hi, color=colour, alpha=0.2, lw=0)
+
+
+def _variant_bands(ax, ds, cell, values, colours):
+  """One band per variant of `values(models of that variant and cell)`."""
+  for v in fx.variants(ds):
+    _band(ax, values(fx.select(ds, v, cell)), colours[v], v)
+
+
+def _log_if_positive(ax, *arrays):
+  """A log y axis when the values are positive and span more than a decade or so,
+  with plain-number ticks (1, 2, 5 per decade when there are few decades)."""
+  finite = np.concatenate([np.ravel(a)[np.isfinite(np.ravel(a))] for a in arrays])
+  if not (finite.size and (finite > 0).all() and finite.max() / finite.min() > 20):
+    return
+  ax.set_yscale("log")
+  low, high = ax.get_ylim()
+  _plain_log_ticks(ax.yaxis, math.log10(high / low))
+
+
+def _plain_log_ticks(axis, decades: float):
+  subs = (1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)
+  axis.set_major_locator(ticker.LogLocator(subs=subs))
+  axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _legend(fig, axes):
+  handles, labels = axes.flat[0].get_legend_handles_labels()
+  if handles:
+    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 5),
+               frameon=False, fontsize=10)
+
+
+def _save(fig, folder: pathlib.Path, name: str) -> str:
+  fig.savefig(folder / name)
+  return name
+
+
+def curves(ds, folder):
+  """Training loss and test accuracy over training, per variant, one column per cell."""
+  if "train_loss" not in ds:
+    return None
+  cs, col = fx.cells(ds), colours(ds)
+  window = max(1, ds.sizes["step"] // 60)
+  has_test = "test_accuracy_eval_mode" in ds
+  fig, axes = _grid(2 if has_test else 1, len(cs), sharex=True)
+  for j, cell in enumerate(cs):
+    ax_loss = axes[0, j]
+    _variant_bands(ax_loss, ds, cell, lambda p: p.train_loss.rolling(
+        step=window, center=True, min_periods=1).mean(), col)
+    if has_test:
+      _variant_bands(axes[1, j], ds, cell, lambda p: p.test_accuracy_eval_mode, col)
+    _log_if_positive(ax_loss, ds.train_loss.values)
+    ax_loss.set_title(_title(cell))
+    ax_loss.set_ylabel(f"training loss\n(minibatch, mean of {window} steps)")
+    if has_test:
+      axes[1, j].set_ylabel("test accuracy\n(running statistics)")
+      axes[1, j].set_ylim(top=1.0)
+    axes[-1, j].set_xlabel("training step")
+  _legend(fig, axes)
+  caption = ("Training loss (minibatch, moving average) and test accuracy "
+             "(eval mode) over training. Line: mean over seeds; band: min-max over seeds.")
+  return _save(fig, folder, "curves.png"), caption
+
+
+def lr_sensitivity(ds, folder):
+  """Final test accuracy against the learning rate, with 95% t intervals over seeds."""
+  if "lr" not in fx.label_levels(ds) or len(fx.level_values(ds, "lr")) < 2 or \
+      "test_accuracy_eval_mode" not in ds:
+    return None
+  cs, col, vs = fx.cells(ds, "lr"), colours(ds), fx.variants(ds)
+  fig, axes = _grid(1, len(cs))
+  for j, cell in enumerate(cs):
+    ax = axes[0, j]
+    for i, v in enumerate(vs):
+      xs, ys, err, notes = [], [], [], []
+      for lr in fx.level_values(ds, "lr"):
+        sel = fx.select(ds, v, cell + (("lr", lr),))
+        iv = stats.t_interval(metrics.FINAL_ACCURACY.compute(sel).values)
+        # Offsets on the log axis keep error bars of variants apart.
+        xs.append(lr * 10 ** (0.03 * (i - (len(vs) - 1) / 2)))
+        ys.append(iv.mean)
+        err.append(iv.mean - iv.low if math.isfinite(iv.low) else 0.0)
+        k = fx.diverged(sel)
+        notes.append(f"{k}/{sel.sizes['model']} diverged" if k else "")
+      ax.errorbar(xs, ys, yerr=err, color=col[v], marker="o", capsize=3, label=v)
+      for x, y, note in zip(xs, ys, notes):
+        if note:
+          ax.annotate(note, (x, y if math.isfinite(y) else 0.1), fontsize=8, color=col[v])
+    ax.set_xscale("log")
+    ax.set_xticks(fx.level_values(ds, "lr"))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("final test accuracy")
+    ax.set_title(_title(cell))
+  _legend(fig, axes)
+  caption = ("Learning-rate sensitivity: final test accuracy (eval mode) per learning rate; "
+             "point: mean over seeds, bar: 95% t interval over seeds (diverged seeds left "
+             "out and counted).")
+  return _save(fig, folder, "lr_sensitivity.png"), caption
+
+
+def _monitored_layer(part: xr.Dataset):
+  """The deepest layer with records for these models (Ioffe Fig. 1: the last hidden)."""
+  finite = np.isfinite(part.monitor_percentiles).any(
+      [d for d in part.monitor_percentiles.dims if d != "layer"])
+  names = part.layer.values[finite.values]
+  return names[-1] if names.size else None
+
+
+def percentiles(ds, folder):
+  """Ioffe & Szegedy Fig. 1: 15/50/85th percentiles of a tracked unit's nonlinearity
+  input over training; one column per variant, one row per cell, first seed."""
+  if "monitor_percentiles" not in ds:
+    return None
+  cs, vs = fx.cells(ds), fx.variants(ds)
+  fig, axes = _grid(len(cs), len(vs), sharex=True, sharey=True)
+  unit = ds.tracked_unit.values[0]
+  seed = min(fx.level_values(ds, fx.SEED))
+  styles = {0.15: ":", 0.5: "-", 0.85: "--"}
+  layers = set()
+  for i, cell in enumerate(cs):
+    for j, v in enumerate(vs):
+      ax = axes[i, j]
+      part = fx.select(ds, v, cell + ((fx.SEED, seed),))
+      layer = _monitored_layer(part)
+      if layer is None:
+        ax.set_axis_off()
+        continue
+      layers.add(str(layer))
+      trace = part.monitor_percentiles.sel(layer=layer, tracked_unit=unit).isel(model=0)
+      for q in trace["quantile"].values:
+        ax.plot(part.record_step.values, trace.sel(quantile=q).values, color="C0" if
+                q == 0.5 else "C7", ls=styles.get(round(float(q), 2), "-"),
+                label=f"{q:.0%} percentile")
+      ax.set_title(_title(cell, v), fontsize=10)
+      if j == 0:
+        ax.set_ylabel("nonlinearity input")
+      if i == len(cs) - 1:
+        ax.set_xlabel("training step")
+  _legend(fig, axes)
+  caption = (f"Distribution of one unit's nonlinearity input over training (Ioffe & Szegedy "
+             f"2015, Fig. 1): 15th, 50th and 85th percentiles over the fixed monitor set "
+             f"(monitor mode: {ds.attrs.get('monitor_mode', '?')}), tracked unit {unit} of "
+             f"layer {', '.join(sorted(layers))}, seed {seed}.")
+  return _save(fig, folder, "percentiles.png"), caption
+
+
+def grad_ics(ds, folder):
+  """Gradient-ICS |G-G'|/|G| over training, per weight layer after the first."""
+  if "ics_grad_diff_relative" not in ds:
+    return None
+  cs, col = fx.cells(ds), colours(ds)
+  layers = ds.weight_layer.values[1:]  # the first layer's G' is G by definition
+  if not layers.size:
+    return None
+  fig, axes = _grid(len(cs), len(layers), sharex=True, sharey=True)
+  for i, cell in enumerate(cs):
+    for j, layer in enumerate(layers):
+      ax = axes[i, j]
+      _variant_bands(ax, ds, cell,
+                     lambda p, w=layer: p.ics_grad_diff_relative.sel(weight_layer=w), col)
+      ax.set_title(_title(cell, layer), fontsize=10)
+      if j == 0:
+        ax.set_ylabel(r"$\|G - G'\| \,/\, \|G\|$")
+      if i == len(cs) - 1:
+        ax.set_xlabel("training step")
+  _legend(fig, axes)
+  caption = ("Gradient-ICS (Santurkar et al. 2018, Def. 2.1): relative change of a layer's "
+             "gradient when the layers before it take this step's update, per weight layer "
+             "(the first layer has none by definition). Line: mean over seeds; band: "
+             "min-max over seeds.")
+  return _save(fig, folder, "grad_ics.png"), caption
+
+
+def landscape(ds, folder):
+  """Santurkar et al. Fig. 4: along the update, the range over step sizes of the loss
+  and of the gradient change, and the effective beta-smoothness."""
+  panels = [(name, label) for name, label in (
+      ("landscape_loss", r"loss $L(\theta - \eta d)$" "\n" r"(range over $\eta$)"),
+      ("landscape_grad_diff",
+       r"$\|\nabla L(\theta) - \nabla L(\theta - \eta d)\|$" "\n" r"(range over $\eta$)"),
+      ("landscape_beta_smoothness", r"effective $\beta$-smoothness")) if name in ds]
+  if not panels:
+    return None
+  cs, col = fx.cells(ds), colours(ds)
+  fig, axes = _grid(len(cs), len(panels), sharex=True)
+  for i, cell in enumerate(cs):
+    for j, (name, label) in enumerate(panels):
+      ax = axes[i, j]
+      for v in fx.variants(ds):
+        part = fx.select(ds, v, cell)
+        x = part.landscape_step.values
+        if "lr_multiple" in part[name].dims:
+          with np.errstate(all="ignore"):
+            per_eta = part[name].mean("model")
+            lo, hi = per_eta.min("lr_multiple").values, per_eta.max("lr_multiple").values
+          ax.fill_between(x, lo, hi, color=col[v], alpha=0.3, lw=0, label=v)
+          ax.plot(x, lo, color=col[v], lw=0.8)
+          ax.plot(x, hi, color=col[v], lw=0.8)
+        else:
+          _band(ax, part[name], col[v], v)
+      _log_if_positive(ax, ds[name].values)
+      ax.set_ylabel(label, fontsize=9)
+      ax.set_title(_title(cell), fontsize=10)
+      if i == len(cs) - 1:
+        ax.set_xlabel("training step")
+  _legend(fig, axes)
+  multiples = ", ".join(f"{m:g}" for m in ds.lr_multiple.values) if "lr_multiple" in ds \
+      else "?"
+  caption = ("Loss landscape along the update d = -update/lr (Santurkar et al. 2018, Fig. 4), "
+             f"at step sizes eta = ({multiples}) x lr, on each probe step's batch. Bands of "
+             "the first two panels: range over eta of the seed mean; beta-smoothness: mean "
+             "and min-max over seeds.")
+  return _save(fig, folder, "landscape.png"), caption
+
+
+def curvature(ds, folder):
+  """Largest Hessian eigenvalue over training with the edge-of-stability threshold."""
+  if "hessian_lambda_max" not in ds:
+    return None
+  cs, col = fx.cells(ds), colours(ds)
+  fig, axes = _grid(1, len(cs), sharey=True)
+  for j, cell in enumerate(cs):
+    ax = axes[0, j]
+    _variant_bands(ax, ds, cell, lambda p: p.hessian_lambda_max, col)
+    if "eos_threshold" in ds:
+      thresholds = np.unique(fx.select(ds, None, cell).eos_threshold.values)
+      for t in thresholds[np.isfinite(thresholds)]:
+        ax.axhline(t, color="k", ls="--", lw=1)
+        ax.annotate(f"edge of stability: {t:g}", (0.02, t), xycoords=("axes fraction",
+                    "data"), xytext=(0, -3), textcoords="offset points", va="top",
+                    fontsize=9)
+    ax.set_title(_title(cell))
+    ax.set_xlabel("training step")
+    ax.set_ylabel(r"Hessian $\lambda_{\max}$")
+  _log_if_positive(axes[0, 0], ds.hessian_lambda_max.values,
+                   ds.eos_threshold.values if "eos_threshold" in ds else [])
+  _legend(fig, axes)
+  caption = ("Sharpness: largest Hessian eigenvalue (Lanczos) on the fixed probe batch; dashed: "
+             "the edge-of-stability threshold (2/lr for SGD, (2+2 momentum)/lr with "
+             "momentum; Cohen et al. 2021), above which gradient descent on a quadratic "
+             "diverges. Line: mean over seeds; band: min-max over seeds.")
+  return _save(fig, folder, "curvature.png"), caption
+
+
+ALL = (curves, lr_sensitivity, percentiles, grad_ics, landscape, curvature)

@@ -1,0 +1,137 @@
+"""What a workdir measured, on what data: the report's first section.
+
+Read from the workdir's config.json, grid.json and versions.json, so that a
+smoke study on embedded data is never mistaken for a paper-scale one.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import xarray as xr
+
+from icsjax.report import effects as fx
+from icsjax.report import render as r
+from icsjax.report import stats
+
+DATASETS = {
+    "digits": "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes; "
+              "embedded, no download)",
+    "gaussian_regression": "synthetic Gaussian regression y = A x (embedded)",
+    "mnist": "MNIST (TFDS, 60,000 training images)",
+    "fashion_mnist": "Fashion-MNIST (TFDS, 60,000 training images)",
+    "cifar10": "CIFAR-10 (TFDS, 50,000 training images)",
+}
+EMBEDDED = ("digits", "gaussian_regression")
+# The papers' runs: Ioffe & Szegedy 50k steps on MNIST, Santurkar et al. 15k on
+# CIFAR-10; a study well short of that is a smoke test of the tool.
+PAPER_SCALE_STEPS = 10_000
+PROBES = (("ics_every", "gradient-ICS"), ("landscape_every", "landscape along the update"),
+          ("curvature_every", "curvature (Lanczos, Hutchinson)"))
+
+
+def read(workdir) -> dict:
+  """config, grid and versions of a workdir ({} for a file that is absent)."""
+  out = {}
+  for name in ("config", "grid", "versions"):
+    p = pathlib.Path(workdir) / f"{name}.json"
+    out[name] = json.loads(p.read_text()) if p.exists() else {}
+  return out
+
+
+def static_values(info: dict, field: str) -> list:
+  """The values a static field takes over the groups (a swept one has several)."""
+  groups = info["grid"].get("groups", [])
+  vals = [g["static"][field] for g in groups if field in g.get("static", {})]
+  if not vals and field in info["config"]:
+    vals = [info["config"][field]]
+  unique = dict.fromkeys(json.dumps(v) for v in vals)  # lists are not hashable
+  return [json.loads(v) for v in unique]
+
+
+def _joined(info, field) -> str:
+  return " / ".join(str(v) for v in static_values(info, field)) or "?"
+
+
+def _swept(ds) -> str:
+  parts = [f"{k} = {', '.join(fx.value_text(v) for v in fx.level_values(ds, k))}"
+           for k in fx.cell_levels(ds)]
+  return "; ".join(parts) or "nothing besides the variant"
+
+
+def is_smoke_scale(info: dict) -> bool:
+  datasets = static_values(info, "dataset")
+  return any(d in EMBEDDED for d in datasets) or \
+      info["config"].get("steps", 0) < PAPER_SCALE_STEPS
+
+
+def _data(info) -> str:
+  return "; ".join(DATASETS.get(d, d) for d in static_values(info, "dataset"))
+
+
+def blocks(ds: xr.Dataset, info: dict) -> list:
+  cfg = info["config"]
+  probes = "; ".join(f"{name} every {cfg[f]} steps" if cfg.get(f) else f"{name} off"
+                     for f, name in PROBES)
+  seeds = len(fx.level_values(ds, fx.SEED))
+  items = [
+      f"**Data:** {_data(info)}; test accuracy over {ds.attrs.get('test_examples_evaluated', '?')} "
+      f"test examples; percentiles over a fixed monitor set of "
+      f"{ds.attrs.get('monitor_examples', '?')} training examples.",
+      f"**Model:** `{_joined(info, 'arch')}`, depth {_joined(info, 'depth')} x width "
+      f"{_joined(info, 'width')}, activation `{_joined(info, 'activation')}`; variants "
+      f"(norm kinds): {', '.join(f'`{v}`' for v in fx.variants(ds))}.",
+      f"**Training:** optimizer `{_joined(info, 'optimizer')}`, batch size "
+      f"{_joined(info, 'batch_size')}, {cfg.get('steps', '?')} steps per model; swept: "
+      f"{_swept(ds)}.",
+      f"**Models:** {ds.sizes['model']} ({seeds} seed indices x "
+      f"{ds.sizes['model'] // max(seeds, 1)} labelled settings) in "
+      f"{len(info['grid'].get('groups', []))} compiled group(s); "
+      f"{fx.diverged(ds)} diverged.",
+      f"**Records:** batch statistics every {cfg.get('record_every', '?')} steps (monitor "
+      f"mode `{ds.attrs.get('monitor_mode', '?')}`), test evaluation every "
+      f"{cfg.get('eval_every', '?')} steps; probes: {probes}.",
+  ]
+  versions = info["versions"]
+  if versions:
+    devices = versions.get("devices", [])
+    shown = ", ".join(devices[:4]) + (", ..." if len(devices) > 4 else "")
+    items.append(f"**Software:** jax {versions.get('jax')}, flax {versions.get('flax')}, on "
+                 f"{len(devices)} device(s) ({shown}).")
+  return [r.Heading("What was measured"), r.Bullets(tuple(items)),
+          r.Heading("How effects are estimated", 3), r.Para(METHOD)]
+
+
+def warnings(ds: xr.Dataset, info: dict) -> list:
+  """What a reader must know before reading any answer: scale, and seed count."""
+  cfg = info["config"]
+  seeds = len(fx.level_values(ds, fx.SEED))
+  out = []
+  if is_smoke_scale(info):
+    out.append(r.Note(
+        f"this is a smoke-scale study ({_data(info)}; {cfg.get('steps', '?')} steps per model). "
+        "Its numbers show what the tool measures on this setup; they are not the papers' "
+        "experiments (Ioffe & Szegedy 2015: MNIST, 50,000 steps; Santurkar et al. 2018: "
+        "CIFAR-10, 15,000 steps) and do not reproduce or refute them."))
+  if seeds < stats.MIN_SEEDS:
+    out.append(r.Note(
+        f"only {seeds} seed indices: every interval below rests on fewer than "
+        f"{stats.MIN_SEEDS} paired differences, so its width is itself poorly known. "
+        "Run more seeds (`--config.seeds=8`) before reading anything into it."))
+  return out
+
+
+METHOD = (
+    "Every effect compares models that differ in one label only (the variant, or the "
+    "depth) and share the seed index, hence the minibatch order (and, between variants, "
+    "the initial weights of the layers they have in common). For each seed index the "
+    "report takes one paired difference (a log-ratio for ratio measures, shown back as a "
+    "ratio), then a two-sided 95% Student t interval over the seed indices. Effects are "
+    "computed separately for every value of the other swept labels (e.g. one per learning "
+    "rate); nothing is pooled across them. A pair in which either model diverged or lacks "
+    "the record is left out, and the table says how many remain. An effect is called a "
+    "reduction or an increase only when its interval excludes no change (0 for "
+    "differences, 1 for ratios); otherwise it is inconclusive. Intervals are per effect, "
+    "not corrected for the many comparisons shown: about one in twenty effects that are "
+    "truly null will look real.")
