@@ -7,6 +7,9 @@ five seeds, trained side by side with batch-statistic records.
 
 Runtime: about 1.5 min on a 2-core CPU (91-105 s wall with the probes, 46-53 s
 without; jax 0.10.2, one XLA device per core); 30 s on one H100 without probes.
+The test-time evaluation (test_time_every) adds about 15 s: per group about 3 s
+of compilation, and per evaluation 0.24 of a 500-step training segment with the
+probes (0.53 of one without them; interleaved segments of one group, 2 cores).
 
 Override any field on the command line, e.g. ``--config.seeds=8`` or
 ``--config.sweep.lr="(0.05,0.1,0.5)"``.
@@ -76,6 +79,18 @@ def get_config():
   c.slq_vectors = 1
   c.hutchinson_samples = 10
   c.probe_memory_mb = 0
+  # test time (DESIGN.md B.7): statistics modes by test batch size, shifted test
+  # inputs, BN adaptation (Schneider et al. 2020); test_time_every = 0 switches it off
+  c.test_time_every = 500
+  c.test_batch_sizes = (1, 8, 60)
+  c.population_batches = 10  # Ioffe Alg. 2: training minibatches of batch_size
+  # also "brightness" and "scale_shift" (icsjax/shifts.py); left out here for runtime
+  c.shift_corruptions = ("gaussian_noise", "contrast", "blur", "mean_shift")
+  c.shift_severities = (2, 5)  # 1..5, CIFAR-10-C strengths
+  c.tfds_corruptions = ()  # dataset="cifar10": e.g. ("fog", "snow") from TFDS cifar10_corrupted
+  c.adapt_sizes = (16,)  # n; () evaluates no shifts
+  c.adapt_priors = (0.0, 16.0)  # N; 0 = full adaptation
+  c.adapt_set = "test_batch"  # or "separate": n shifted training examples
   # the grid
   c.sweep = ml_collections.ConfigDict()
   c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")

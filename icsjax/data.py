@@ -38,6 +38,10 @@ class Dataset:
   name: str = struct.field(pytree_node=False)
   task: str = struct.field(pytree_node=False)
   num_outputs: int = struct.field(pytree_node=False)
+  # Shifted test inputs, standardised (icsjax.test_time.with_shifted_sets); None when off.
+  shifted_test_x: Any = None   # (shifted sets, n_test, ...): clean, synthetic, then TFDS ones
+  shifted_test_y: Any = None   # (shifted sets, n_test): their labels
+  shifted_adapt_x: Any = None  # the synthetic shifts of the first training examples
 
   @property
   def num_train(self) -> int:

@@ -3,9 +3,11 @@
 Batch norms reduce over every axis but the last (the unit or channel axis);
 layer norm over every axis but the first (the example axis).
 Train mode normalises with the statistics of the batch and updates running
-statistics; eval mode uses the running statistics. Running statistics are an
-EMA with decay ``hp["bn_momentum"]`` (Flax convention) of the batch mean and
-of the unbiased batch variance (lp kinds: of the batch lp scale).
+statistics; eval mode uses the running statistics, or, when hp carries
+adaptation weights, a mix of them with the batch's (BN adaptation, DESIGN.md
+B.7). Running statistics are an EMA with decay ``hp["bn_momentum"]`` (Flax
+convention) of the batch mean and of the unbiased batch variance (lp kinds: of
+the batch lp scale).
 
 Per-model hyperparameters (``hp``) arrive as traced scalars, so a vmapped
 group can sweep them without recompiling.
@@ -21,6 +23,8 @@ import jax.numpy as jnp
 
 LP_ORDER = {"l1_batchnorm": 1.0, "l2_batchnorm": 2.0, "linf_batchnorm": math.inf}
 NOISY_NORMS = ("noisy_batchnorm",)  # the kinds that draw from the "noise" rng in train mode
+# Eval mode with these keys in hp adapts the statistics to the batch (test_time.py).
+ADAPT_MEAN_WEIGHT, ADAPT_SCALE_WEIGHT = "adapt_mean_weight", "adapt_scale_weight"
 RUNNING_STAT_NAMES = {"batchnorm": ("mean", "var"), "noisy_batchnorm": ("mean", "var"),
                       **{k: ("mean", "lp_scale") for k in LP_ORDER}}
 
@@ -102,7 +106,26 @@ class Norm(nn.Module):
         ra_scale.value = mom * ra_scale.value + (1.0 - mom) * running_target
     else:
       mean, scale = ra_mean.value, ra_scale.value
+      if ADAPT_MEAN_WEIGHT in hp:
+        mean, scale = self._adapted_statistics(x, axes, p, centre, hp, mean, scale)
+        if self.is_mutable_collection("batch_stats"):  # to normalise other inputs with
+          ra_mean.value, ra_scale.value = mean, scale
       centred = x - mean if centre else x
     if p is None:
       return centred * jax.lax.rsqrt(scale + self.eps)
     return centred / (scale + self.eps)
+
+  @staticmethod
+  def _adapted_statistics(x, axes, p, centre, hp, source_mean, source_scale):
+    """BN adaptation (Schneider et al. 2020): the source (running) statistics mixed
+    with this batch's by weights w = n / (N + n) from hp, per statistic, so that
+    later layers already see adapted earlier ones. The batch's variance is the
+    biased one train mode normalises with (lp kinds: its lp scale), so weights
+    of 1 reproduce train mode exactly."""
+    batch_mean = jnp.mean(x, axis=axes)
+    centred = x - batch_mean if centre else x
+    batch_scale = (jnp.mean(jnp.square(centred), axis=axes) if p is None
+                   else lp_scale(centred, axes, p))
+    w_mean, w_scale = hp[ADAPT_MEAN_WEIGHT], hp[ADAPT_SCALE_WEIGHT]
+    return ((1.0 - w_mean) * source_mean + w_mean * batch_mean,
+            (1.0 - w_scale) * source_scale + w_scale * batch_scale)

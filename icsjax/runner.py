@@ -18,6 +18,7 @@ from icsjax import probes
 from icsjax import store
 from icsjax import study as study_lib
 from icsjax import summary as summary_lib
+from icsjax import test_time
 from icsjax import train
 
 
@@ -96,7 +97,8 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
   for g in study.groups:
     key = data_lib.data_key(g.static)
     if key not in loaded:
-      loaded[key] = data_lib.load(g.static)
+      loaded[key] = test_time.with_shifted_sets(data_lib.load(g.static), run_spec,
+                                                g.static["tfds_data_dir"])
     sharding = model_sharding(g.size)
     devices = 1 if sharding is None else sharding.mesh.size
     if (key, devices) not in placed:  # every device of the group holds the whole dataset
@@ -139,8 +141,10 @@ def place_state(gr: GroupRun, state: train.ModelState) -> train.ModelState:
 
 
 def record_kinds(config) -> tuple[str, ...]:
-  """The record kinds a run writes (the probes whose cadence is not 0)."""
-  return ("record", "eval") + tuple(p for p in study_lib.PROBES if config[f"{p}_every"])
+  """The record kinds a run writes (the probes and test-time evaluation whose
+  cadence is not 0)."""
+  return ("record", "eval") + tuple(k for k in study_lib.PROBES + ("test_time",)
+                                    if config[f"{k}_every"])
 
 
 def time_coords(config, start: int) -> dict[str, np.ndarray]:
@@ -168,6 +172,8 @@ def fixed_coords(config, gr: GroupRun) -> dict:
   if config.curvature_every:
     coords["slq_vector"] = (["slq_vector"], list(range(config.slq_vectors)))
     coords["lanczos_step"] = (["lanczos_step"], list(range(config.lanczos_steps)))
+  if config.test_time_every:
+    coords.update(test_time.record_coords(gr.program))
   return coords
 
 
@@ -186,7 +192,8 @@ def record_attrs(config, gr: GroupRun) -> dict:
                                  "theta - c * lr * d",
           "curvature_batch": f"the first {config.curvature_batch_size} training examples, "
                              "train mode, noise frozen per probe",
-          "eos_threshold": "2/lr (sgd), (2 + 2 momentum)/lr (momentum); NaN for adam"}
+          "eos_threshold": "2/lr (sgd), (2 + 2 momentum)/lr (momentum); NaN for adam",
+          **(test_time.record_attrs(gr.program) if config.test_time_every else {})}
 
 
 def optimizer_constants(optimizer: str, hparams) -> dict:

@@ -32,7 +32,8 @@ from icsjax import faults
 RECORDS = "records"
 SEGMENT_RE = re.compile(r"segment_(\d{6})\.npz$")
 TIME_AXES = {"per_step": "step", "record": "record_step", "eval": "eval_step",
-             "ics": "ics_step", "landscape": "landscape_step", "curvature": "curvature_step"}
+             "ics": "ics_step", "landscape": "landscape_step", "curvature": "curvature_step",
+             "test_time": "test_time_step"}
 MODEL_LEVEL = ("diverged_step", "eos_threshold", "optimizer_momentum")
 # Dims after (model, time) of the variables that have any; the rest are scalars per time.
 INNER_DIMS = {
@@ -42,6 +43,9 @@ INNER_DIMS = {
     **{name: ("slq_vector", "lanczos_step")
        for name in ("slq_nodes", "slq_weights", "lanczos_alpha", "lanczos_beta")},
     "probe_grad_norm": ("weight_layer",), "weight_norm": ("weight_layer",),
+    **{f"stats_mode_{m}": ("stats_mode", "test_batch_size") for m in ("loss", "accuracy")},
+    **{f"shift_{m}": ("corruption", "severity", "adapt", "adapt_n", "adapt_prior")
+       for m in ("loss", "accuracy")},
 }
 
 

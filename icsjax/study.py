@@ -112,6 +112,41 @@ def _int_tuple(v):
   return None
 
 
+def _distinct_tuple(item_check, item_phrase: str, empty_ok: bool = False):
+  """A tuple of distinct values, each passing item_check (a predicate)."""
+  def check(v):
+    if not isinstance(v, (tuple, list)) or (not v and not empty_ok):
+      return f"must be a {'' if empty_ok else 'non-empty '}tuple of {item_phrase}"
+    if not all(item_check(u) for u in v):
+      return f"must hold {item_phrase}"
+    if len(set(v)) != len(v):
+      return "must not repeat a value"
+    return None
+  return check
+
+
+def _is_positive_int(u):
+  return not isinstance(u, bool) and isinstance(u, numbers.Integral) and u >= 1
+
+
+def _is_severity(u):
+  return _is_positive_int(u) and u <= 5
+
+
+def _is_prior(u):
+  return (not isinstance(u, bool) and isinstance(u, numbers.Real) and math.isfinite(u)
+          and u >= 0)
+
+
+def _corruptions(v):
+  from icsjax import shifts  # imports jax: only when a config is checked
+  return _distinct_tuple(lambda u: u in shifts.CORRUPTIONS,
+                         f"names among {', '.join(shifts.CORRUPTIONS)}", empty_ok=True)(v)
+
+
+ADAPT_SETS = ("test_batch", "separate")
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
   role: str  # "static" | "dynamic" | "run"
@@ -180,6 +215,32 @@ FIELDS: dict[str, Field] = {
     "hutchinson_samples": Field("run", _int(1), "Rademacher vectors of the trace estimate"),
     "probe_memory_mb": Field("run", _int(0), "memory per device for Lanczos bases; models are "
                              "probed in chunks that fit (0: a quarter of the device's, else 2 GiB)"),
+    # test time (DESIGN.md B.7; icsjax.test_time)
+    "test_time_every": Field("run", _int(0), "steps between test-time evaluations: statistics "
+                             "modes, shifted inputs, BN adaptation (0: off)"),
+    "test_batch_sizes": Field("run", _distinct_tuple(_is_positive_int, "positive integers"),
+                              "test batch sizes of the statistics modes (batch statistics "
+                              "depend on them)"),
+    "population_batches": Field("run", _int(1), "training minibatches (of batch_size) that "
+                                "population statistics average over (Ioffe Alg. 2)"),
+    "shift_corruptions": Field("run", _corruptions, "input shifts of the test set, each at "
+                               "every severity (the clean set is always evaluated)"),
+    "tfds_corruptions": Field("run", _distinct_tuple(
+        lambda u: u in tfds_data.CIFAR10_CORRUPTIONS,
+        f"names among {', '.join(tfds_data.CIFAR10_CORRUPTIONS)}", empty_ok=True),
+        "dataset=cifar10: TFDS cifar10_corrupted test sets (CIFAR-10-C) at every severity, "
+        "as corruptions tfds_<name>"),
+    "shift_severities": Field("run", _distinct_tuple(_is_severity, "integers 1..5"),
+                              "severities of every shift (1..5, as CIFAR-10-C)"),
+    "adapt_sizes": Field("run", _distinct_tuple(_is_positive_int, "positive integers",
+                                                empty_ok=True),
+                         "n: shifted examples BN statistics are adapted on; also the batch "
+                         "size of the shifted evaluation (empty: no shift evaluation)"),
+    "adapt_priors": Field("run", _distinct_tuple(_is_prior, "finite numbers >= 0"),
+                          "N: prior strength of the source statistics, weight N/(N+n) "
+                          "(0: full adaptation)"),
+    "adapt_set": Field("run", _choice(ADAPT_SETS), "statistics of the evaluated batch itself "
+                       "(test_batch) or of n shifted training examples (separate)"),
     "cpu_devices": Field("run", _int(0), "CPU only: split the host into this many XLA devices "
                          "and shard the model axis over them (0: one per core; 1: no split)"),
 }
@@ -262,16 +323,16 @@ def _sweep_items(config) -> dict[str, tuple]:
   return items
 
 
-PROBE_CADENCES = tuple(f"{p}_every" for p in PROBES)
+OPTIONAL_CADENCES = tuple(f"{p}_every" for p in PROBES) + ("test_time_every",)
 
 
 def _check_cadences(c):
   n = c.scan_length
-  cadences = ("record_every", "eval_every") + tuple(p for p in PROBE_CADENCES if c[p])
+  cadences = ("record_every", "eval_every") + tuple(p for p in OPTIONAL_CADENCES if c[p])
   for name in cadences:
     if c[name] % n:
       raise _fail(name, c[name], f"must be a multiple of scan_length={n}"
-                  + (" (or 0: off)" if name in PROBE_CADENCES else ""))
+                  + (" (or 0: off)" if name in OPTIONAL_CADENCES else ""))
   for name in cadences:
     if c.segment_steps % c[name]:
       raise _fail("segment_steps", c.segment_steps,
@@ -311,6 +372,8 @@ def _check_group(static: dict, config, label: str):
                       f"{', '.join(IMAGE_DATASETS)} when arch='vgg' (a CNN needs images){where}")
   if config.curvature_every:
     _check_curvature(static, config, n_train, where)
+  if config.test_time_every:
+    _check_test_time(static, config, n_train, n_test, where)
   from icsjax import models  # shapes only
   units = min(models.build(static, 1).layer_units)
   bad = [u for u in config.tracked_units if u >= units]
@@ -333,6 +396,25 @@ def _check_curvature(static: dict, config, n_train: int, where: str):
     raise _fail("lanczos_steps", config.lanczos_steps,
                 f"must be <= {num_params}, the model's parameter count (a Krylov basis "
                 f"has at most that many vectors){where}")
+
+
+def _check_test_time(static: dict, config, n_train: int, n_test: int, where: str):
+  from icsjax import shifts
+  for name in ("test_batch_sizes", "adapt_sizes"):
+    if any(b > n_test for b in config[name]):
+      raise _fail(name, tuple(config[name]), f"must be <= {n_test}, the test set size{where}")
+  if config.adapt_set == "separate" and any(n > n_train for n in config.adapt_sizes):
+    raise _fail("adapt_sizes", tuple(config.adapt_sizes), f"must be <= {n_train}, the "
+                f"training set size (adapt_set='separate' adapts on training examples){where}")
+  if config.tfds_corruptions and static["dataset"] not in tfds_data.CORRUPTED_DATASETS:
+    raise _fail("tfds_corruptions", tuple(config.tfds_corruptions),
+                f"must be () for dataset={static['dataset']!r}: TFDS has corrupted test sets "
+                f"of {', '.join(tfds_data.CORRUPTED_DATASETS)} only{where}")
+  image_only = shifts.needs_images(config.shift_corruptions)
+  if image_only and static["dataset"] not in IMAGE_DATASETS:
+    raise _fail("shift_corruptions", tuple(config.shift_corruptions),
+                f"may not hold {', '.join(image_only)} for dataset={static['dataset']!r} "
+                f"(image corruptions need one of {', '.join(IMAGE_DATASETS)}){where}")
 
 
 def validate(config) -> dict[str, tuple]:

@@ -36,6 +36,13 @@ IMAGE_SHAPES = {
     "fashion_mnist": (28, 28, 1),
     "cifar10": (32, 32, 3),
 }
+# Corrupted test sets (Hendrycks & Dietterich 2019): TFDS name and its corruptions,
+# each prepared as its own config NAME/CORRUPTION_SEVERITY (severity 1..5).
+CORRUPTED_DATASETS = {"cifar10": "cifar10_corrupted"}
+CIFAR10_CORRUPTIONS = (
+    "brightness", "contrast", "defocus_blur", "elastic", "fog", "frost", "frosted_glass_blur",
+    "gaussian_blur", "gaussian_noise", "impulse_noise", "jpeg_compression", "motion_blur",
+    "pixelate", "saturate", "shot_noise", "snow", "spatter", "speckle_noise", "zoom_blur")
 ENV_DATA_DIR = "TFDS_DATA_DIR"
 _CHUNK = 4096  # examples per batched read
 
@@ -112,6 +119,30 @@ def _to_arrays(source, shape):
   return x, labels
 
 
+def _source(tfds, name: str, split, data_dir):
+  """tfds.data_source of prepared files, or the clear error of why there are none."""
+  if data_dir is None:
+    # TFDS reads $TFDS_DATA_DIR once, at import; read it at call time instead.
+    data_dir = os.environ.get(ENV_DATA_DIR) or None
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # noqa: BLE001 - narrowed by _diagnose
+    clear = _diagnose(tfds, name, data_dir, e)
+    if clear is None:
+      raise
+    raise clear from e
+
+
+def load_corrupted_test(name: str, corruption: str, severity: int,
+                        data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(raw test images in [0, 1], labels) of `name`'s corrupted test set, e.g.
+  TFDS cifar10_corrupted/gaussian_noise_3, prepared like the others with
+  ``tfds build cifar10_corrupted/gaussian_noise_3 --file_format=array_record``."""
+  import tensorflow_datasets as tfds  # lazy, as in load_arrays
+  full = f"{CORRUPTED_DATASETS[name]}/{corruption}_{severity}"
+  return _to_arrays(_source(tfds, full, "test", data_dir), IMAGE_SHAPES[name])
+
+
 def load_arrays(name: str, data_dir: str | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """(raw_train_x, train_y, raw_test_x, test_y) of a prepared TFDS dataset.
@@ -124,17 +155,7 @@ def load_arrays(name: str, data_dir: str | None = None
     raise ValueError(f"unknown TFDS dataset {name!r}; expected one of {TFDS_DATASETS}")
   import tensorflow_datasets as tfds  # lazy: ~0.5 s and many modules
 
-  if data_dir is None:
-    # TFDS reads $TFDS_DATA_DIR once, at import; read it at call time instead.
-    data_dir = os.environ.get(ENV_DATA_DIR) or None
-  try:
-    train, test = tfds.data_source(
-        name, split=["train", "test"], data_dir=data_dir, download=False)
-  except Exception as e:  # noqa: BLE001 - narrowed by _diagnose
-    clear = _diagnose(tfds, name, data_dir, e)
-    if clear is None:
-      raise
-    raise clear from e
+  train, test = _source(tfds, name, ["train", "test"], data_dir)
   shape = IMAGE_SHAPES[name]
   train_x, train_y = _to_arrays(train, shape)
   test_x, test_y = _to_arrays(test, shape)

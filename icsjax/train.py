@@ -30,6 +30,7 @@ from icsjax import data as data_lib
 from icsjax import models
 from icsjax import optim
 from icsjax import probes
+from icsjax import test_time
 from icsjax.norms import NOISY_NORMS, RUNNING_STAT_NAMES
 
 QUANTILES = (0.15, 0.50, 0.85)
@@ -67,6 +68,15 @@ class RunSpec:
   lanczos_steps: int
   slq_vectors: int
   hutchinson_samples: int
+  test_time_every: int
+  test_batch_sizes: tuple[int, ...]
+  population_batches: int
+  shift_corruptions: tuple[str, ...]
+  shift_severities: tuple[int, ...]
+  tfds_corruptions: tuple[str, ...]
+  adapt_sizes: tuple[int, ...]
+  adapt_priors: tuple[float, ...]
+  adapt_set: str
 
   @classmethod
   def from_config(cls, config) -> "RunSpec":
@@ -320,7 +330,7 @@ class GroupProgram:
     """{kind: (cadence in steps, thunk computing that kind's records after update `step`)}.
 
     ICS and landscape probes read update `step` itself (``inside``); the
-    others read the state after it. A probe with cadence 0 is absent.
+    others read the state after it. A kind with cadence 0 is absent.
     """
     run = self.run
     kinds = {"record": (run.record_every,
@@ -330,7 +340,9 @@ class GroupProgram:
              "landscape": (run.landscape_every, lambda: probes.landscape_records(
                  self, hp, inside, run.landscape_lr_multiples)),
              "curvature": (run.curvature_every,
-                           lambda: self.curvature_probe(state, hp, data, step))}
+                           lambda: self.curvature_probe(state, hp, data, step)),
+             "test_time": (run.test_time_every,
+                           lambda: test_time.records(self, state, hp, data))}
     diverged = state.diverged_step > 0
     return {k: (every, lambda f=f: _nan_if(diverged, f()))
             for k, (every, f) in kinds.items() if every}

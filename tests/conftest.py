@@ -36,6 +36,7 @@ def tiny_config(**overrides):
   c.sweep.norm = ("batchnorm",)
   c.sweep.lr = (0.05, 0.1, 0.2, 0.4)
   c.ics_every = c.landscape_every = c.curvature_every = 0  # probes: see test_probes
+  c.test_time_every = 0  # test-time evaluation: see test_test_time
   for k, v in overrides.items():
     target = c
     *path, last = k.split(".")

@@ -28,12 +28,19 @@ def test_default_study_from_the_command_line(tmp_path):
     assert ds.sizes == {"model": 4, "step": 500, "record_step": 5, "eval_step": 2, "layer": 3,
                         "unit": 100, "tracked_unit": 3, "quantile": 3, "ics_step": 2,
                         "landscape_step": 2, "curvature_step": 1, "weight_layer": 4,
-                        "lr_multiple": 4, "slq_vector": 1, "lanczos_step": 30}
+                        "lr_multiple": 4, "slq_vector": 1, "lanczos_step": 30,
+                        "test_time_step": 1, "stats_mode": 3, "test_batch_size": 3,
+                        "corruption": 5, "severity": 2, "adapt": 4, "adapt_n": 1,
+                        "adapt_prior": 2}
     assert np.isfinite(ds.train_loss).all() and (ds.diverged_step == 0).all()
     for name in ("ics_grad_diff_relative", "landscape_beta_smoothness", "hessian_lambda_max",
                  "hessian_trace", "eos_threshold"):
       assert np.isfinite(ds[name]).all(), name
     assert (ds.hessian_lambda_max >= ds.hessian_lambda_min).all()
+    for name, defined in (("stats_mode_accuracy", ds.stats_mode_defined),
+                          ("shift_accuracy", ds.shift_defined)):  # test time (issue 7)
+      v = ds[name]
+      assert ((v >= 0) & (v <= 1)).where(defined, v == -1.0).all(), name
   # Batch norm learns the digits within 500 steps at lr 0.5 (chance is 0.1).
   bn = groups["norm-batchnorm"]
   assert float(bn.test_accuracy_eval_mode.isel(eval_step=-1).where(bn.lr == 0.5).max()) > 0.9

@@ -38,6 +38,8 @@ def shortened(config, probes=True):
   for probe in study.PROBES:  # every probe that is on, at step 2
     if c[f"{probe}_every"]:
       c[f"{probe}_every"] = 2 if probes else 0
+  if c.test_time_every:  # test-time evaluation, at step 2 too
+    c.test_time_every = 2
   c.curvature_batch_size = min(c.curvature_batch_size, 16)
   c.lanczos_steps, c.slq_vectors, c.hutchinson_samples = 3, 1, 2
   c.seeds = 1
