@@ -244,3 +244,161 @@ def test_a_single_variant_from_the_command_line(tmp_path, capsys):
   secs = report.sections(ds, study_info.read(tmp_path / "w"))
   assert [s.number for s in secs if s.headline.startswith("Only one variant")] == [1, 4]
   assert all(not s.effects for s in secs if s.number != 5)
+
+
+# --- question 5 from the test-time records
+
+@pytest.fixture(scope="module")
+def test_time_study(tmp_path_factory):
+  """none and batchnorm, 4 seeds, two momenta, the test-time evaluation on (test batch 1
+  and adaptation on n = 1 with N = 0 are undefined for the dense batch norm)."""
+  c = tiny_config(test_time_every=20, adapt_sizes=(1, 16))
+  c.seeds = 4
+  c.sweep.norm = ("none", "batchnorm")
+  c.sweep.lr = (0.1,)
+  c.sweep.bn_momentum = (0.9, 0.99)
+  workdir = tmp_path_factory.mktemp("test_time")
+  runner.run(c, workdir, progress=False, log=lambda *_: None)
+  md = report.write(workdir)
+  return workdir, md.read_text(encoding="utf-8"), c
+
+
+def _q5(workdir, ds=None):
+  ds = analysis.load(workdir) if ds is None else ds
+  return next(s for s in report.sections(ds, study_info.read(workdir)) if s.number == 5)
+
+
+def _found(effects, label, contrast, **cell):
+  return [e for e in effects if e.metric.label == label and e.contrast == contrast
+          and all(dict(e.cell).get(k) == v for k, v in cell.items())]
+
+
+def _by_seed(group, momentum, fn):
+  """{seed: fn(model index)} for the models of a raw group at one bn_momentum."""
+  return {int(group.seed.values[i]): fn(i) for i in range(group.sizes["model"])
+          if np.isclose(group.bn_momentum.values[i], momentum)}
+
+
+def test_q5_numbers_equal_a_direct_computation(test_time_study):
+  workdir, md, c = test_time_study
+  effects = _q5(workdir).effects
+  bn, none = _group(workdir, variant="batchnorm"), _group(workdir, variant="none")
+  modes = list(bn.stats_mode.values)
+  steps = list(bn.test_time_step.values)
+  sizes = list(bn.test_batch_size.values)
+  acc = bn.stats_mode_accuracy.values  # model, test_time_step, stats_mode, test_batch_size
+  checked = 0
+  for mom in (0.9, 0.99):
+    for si in (0, len(steps) - 1):
+      for bi, b in enumerate(sizes):
+        gap = _by_seed(bn, mom, lambda i: acc[i, si, modes.index("running"), bi]
+                       - acc[i, si, modes.index("batch"), bi])
+        found = _found(effects, "test accuracy, running minus batch statistics", "batchnorm",
+                       bn_momentum=mom, step=steps[si], **{"test batch": b})
+        if b == 1:  # a dense unit normalised over one element: undefined, no number
+          assert not found
+          continue
+        assert sorted(gap) == [0, 1, 2, 3] and len(found) == 1
+        np.testing.assert_allclose(found[0].shown(), _t_interval(list(gap.values())),
+                                   rtol=1e-5, atol=1e-7)
+        checked += 1
+      pop = _by_seed(bn, mom, lambda i: acc[i, si, modes.index("population"), -1]
+                     - acc[i, si, modes.index("running"), -1])
+      (e,) = _found(effects, "test accuracy, population minus running statistics",
+                    "batchnorm", bn_momentum=mom, step=steps[si])
+      np.testing.assert_allclose(e.shown(), _t_interval(list(pop.values())), rtol=1e-5,
+                                 atol=1e-7)
+  assert checked == 8
+  # Shift: clean minus shifted at the highest severity, last step, no adaptation.
+  corr = list(bn.corruption.values)
+  adapt, ns, priors = list(bn.adapt.values), list(bn.adapt_n.values), list(bn.adapt_prior.values)
+  sev = int(np.argmax(bn.severity.values))
+
+  def shifted(group, kind, ci, n=0, p=0):
+    return group.shift_accuracy.values[:, -1, ci, sev, adapt.index(kind), n, p]
+
+  for mom in (0.9, 0.99):
+    for ci, name in enumerate(corr):
+      if name == "clean":
+        continue
+      drop = {v: _by_seed(g, mom, lambda i, g=g: shifted(g, "none", 0)[i]
+                          - shifted(g, "none", ci)[i]) for v, g in (("bn", bn), ("none", none))}
+      for contrast, d in (("batchnorm", list(drop["bn"].values())),
+                          ("batchnorm vs none", [drop["bn"][s] - drop["none"][s]
+                                                 for s in sorted(drop["bn"])])):
+        (e,) = _found(effects, "accuracy lost under shift", contrast, bn_momentum=mom,
+                      corruption=name)
+        np.testing.assert_allclose(e.shown(), _t_interval(d), rtol=1e-5, atol=1e-7)
+      for ni, n in enumerate(ns):
+        for pi, p in enumerate(priors):
+          found = _found(effects, "accuracy gained by BN adaptation", "batchnorm",
+                         bn_momentum=mom, corruption=name, n=n, N=p)
+          if n == 1 and p == 0:  # a variance of one element per unit: undefined
+            assert not bool(bn.shift_defined.values[adapt.index("full"), ni, pi])
+            assert not found
+            continue
+          gain = _by_seed(bn, mom, lambda i: shifted(bn, "full", ci, ni, pi)[i]
+                          - shifted(bn, "none", ci)[i])
+          assert len(found) == 1
+          np.testing.assert_allclose(found[0].shown(), _t_interval(list(gain.values())),
+                                     rtol=1e-5, atol=1e-7)
+  e = _found(effects, "accuracy lost under shift", "batchnorm vs none", bn_momentum=0.9,
+             corruption="contrast")[0]
+  assert f"| batchnorm vs none | accuracy lost under shift (difference) | " \
+         f"lr=0.1, bn_momentum=0.9, corruption=contrast | {e.text()} | 4 (fewer than 5!) |" in md
+
+
+def test_q5_undefined_entries_enter_no_number(test_time_study):
+  """Undefined entries hold -1; any other fill leaves every Q5 effect as it was."""
+  workdir, md, _ = test_time_study
+  ds = analysis.load(workdir)
+  poisoned = ds.copy(deep=True)
+  for var, mask in (("stats_mode_accuracy", "stats_mode_defined"),
+                    ("shift_accuracy", "shift_defined")):
+    undefined = ~ds[mask].broadcast_like(ds[var]).transpose(*ds[var].dims).values
+    assert undefined.any() and (ds[var].values[undefined] == -1).all()
+    poisoned[var].values[undefined] = 1e6  # in place: the copy's own array
+  before, after = _q5(workdir, ds), _q5(workdir, poisoned)
+  assert len(before.effects) == len(after.effects) > 0
+  for a, b in zip(before.effects, after.effects):
+    assert a.cell == b.cell and a.interval.n == b.interval.n
+    np.testing.assert_allclose(a.shown(), b.shown(), rtol=1e-12)
+  assert before.headline == after.headline
+  assert all(abs(x) <= 1 for e in before.effects for x in e.shown() if math.isfinite(x))
+
+
+def test_q5_answer_figures_and_words(test_time_study):
+  workdir, md, _ = test_time_study
+  sec = _q5(workdir)
+  for figure in ("test_time_modes", "shift_adaptation"):
+    assert f"]({figure}.png)" in md and (workdir / "report" / f"{figure}.png").exists()
+  assert "Only partly answered" not in md and "undefined" in md
+  assert "`none` normalises nothing over the batch" in md
+  # The answer's words follow the verdicts of the running-vs-batch effects.
+  gap = [e for e in sec.effects if e.metric.key == "running_vs_batch"]
+  words = {"lower": "lower (running statistics worse)",
+           "higher": "higher (running statistics better)", "inconclusive": "inconclusive"}
+  verdicts = {e.verdict for e in gap}
+  for v in verdicts:
+    assert words[v] in sec.headline
+  for v in set(words) - verdicts:
+    assert words[v] not in sec.headline.split("Under shift")[0]
+
+
+def test_q5_without_test_time_records_says_how_to_record(depth_study):
+  _, md = depth_study
+  assert "--config.test_time_every=500" in md
+
+
+def test_q5_with_part_of_the_test_time_records(test_time_study):
+  workdir, _, _ = test_time_study
+  ds = analysis.load(workdir)
+  no_shift = _q5(workdir, ds.drop_vars(["shift_accuracy", "shift_loss"]))
+  assert no_shift.effects and "Shift and adaptation were not measured" in no_shift.headline
+  assert {e.metric.key for e in no_shift.effects} == {"running_vs_batch",
+                                                      "population_vs_running"}
+  only_none = _q5(workdir, ds.isel(model=np.flatnonzero(ds.variant.values == "none")))
+  assert only_none.headline.startswith("No batch-norm variant")
+  assert {e.metric.key for e in only_none.effects} == {"shift_drop"}
+  fallback = _q5(workdir, ds.drop_vars(["stats_mode_accuracy", "stats_mode_loss"]))
+  assert "Only partly answered" in fallback.headline

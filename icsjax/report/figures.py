@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import pathlib
+import warnings
 
 import numpy as np
 import xarray as xr
 from matplotlib import ticker
-from matplotlib.figure import Figure  # no pyplot: no global state, Agg by default
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D  # no pyplot: no global state, Agg by default
 
 from icsjax.report import effects as fx
 from icsjax.report import metrics
@@ -297,4 +299,128 @@ def curvature(ds, folder):
   return _save(fig, folder, "curvature.png"), caption
 
 
-ALL = (curves, lr_sensitivity, percentiles, grad_ics, landscape, curvature)
+def _masked_band(ax, x, values: np.ndarray, colour, label, lw=1.6, alpha=0.15, **kw):
+  """Mean over seeds (axis 0) as a line with markers and the min-max band; entries that
+  are NaN for every seed (undefined) are left out, never drawn."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: undefined
+    mean = np.nanmean(values, 0)
+    lo, hi = np.nanmin(values, 0), np.nanmax(values, 0)
+  ok = np.isfinite(mean)
+  x = np.asarray(x)[ok]
+  ax.plot(x, mean[ok], color=colour, label=label, marker="o", ms=4, lw=lw, **kw)
+  if values.shape[0] > 1:
+    ax.fill_between(x, lo[ok], hi[ok], color=colour, alpha=alpha, lw=0)
+
+
+def test_time_modes(ds, folder):
+  """Test accuracy against the test batch size, per statistics mode (batch, running,
+  population) and variant, at the first and last test-time step; undefined left out."""
+  from icsjax.report import test_time as tt
+  if not tt.has_stats(ds):
+    return None
+  cs, vs, ss = fx.cells(ds), fx.variants(ds), tt.steps(ds)
+  acc, _ = tt.stats_accuracy(ds)
+  sizes = ds.test_batch_size.values
+  rows = [(cell, s) for cell in cs for s in ss]
+  # Own y range per panel: the gap between modes is what each panel shows.
+  fig, axes = _grid(len(rows), len(vs), sharex=True)
+  mode_colour = {"batch": "C3", "running": "C0", "population": "C2"}
+  for i, (cell, step) in enumerate(rows):
+    for j, v in enumerate(vs):
+      ax = axes[i, j]
+      part = acc.isel(model=np.flatnonzero(_mask(ds, v, cell))).sel(test_time_step=step)
+      for mode in ds.stats_mode.values.tolist():
+        vals = part.sel(stats_mode=mode).transpose("model", "test_batch_size").values
+        label = {"batch": "batch statistics (train mode)",
+                 "running": "running statistics (eval mode)",
+                 "population": "population statistics (Alg. 2)"}.get(mode, mode)
+        # batch drawn widest, so that lines that coincide (no batch norm) stay visible
+        _masked_band(ax, sizes, vals, mode_colour.get(mode, "k"), label,
+                     lw={"batch": 3.2, "running": 2.0}.get(mode, 1.4),
+                     ls="--" if mode == "population" else "-")
+      ax.set_xscale("log")
+      ax.set_xticks(sizes)
+      ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+      ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+      ax.set_title(_title(cell, v, f"step {step}"), fontsize=10)
+      if j == 0:
+        ax.set_ylabel("test accuracy")
+      if i == len(rows) - 1:
+        ax.set_xlabel("test batch size (log scale)")
+  _legend(fig, axes)
+  caption = ("Test accuracy against the test batch size with each test batch normalised by "
+             "its own statistics (train mode), by the running statistics (eval mode) and by "
+             "population statistics recomputed after training (Ioffe & Szegedy Alg. 2), at "
+             f"the first and the last test-time step (steps {', '.join(map(str, ss))}). "
+             "Undefined entries (batch statistics of a single element) are left out; where a "
+             "variant has no batch norm the three lines coincide. Each panel has its own "
+             "accuracy scale. Line: "
+             "mean over seeds; band: min-max over seeds.")
+  return _save(fig, folder, "test_time_modes.png"), caption
+
+
+def _mask(ds, variant, cell):
+  mask = ds[fx.VARIANT].values == variant
+  for k, val in cell:
+    mask &= ds[k].values == val
+  return mask
+
+
+def shift_adaptation(ds, folder):
+  """Accuracy against the severity (0: clean) per corruption, without adaptation and with
+  full adaptation at every prior N, at the last test-time step."""
+  from icsjax.report import test_time as tt
+  if not tt.has_shift(ds):
+    return None
+  acc, _ = tt.shift_accuracy(ds)
+  acc = acc.sel(test_time_step=ds.test_time_step.values.max())
+  cs, vs, col = fx.cells(ds), fx.variants(ds), colours(ds)
+  shifted = [c for c in ds.corruption.values.tolist() if c != "clean"]
+  sev = ds.severity.values
+  x = np.concatenate([[0], sev])
+  n = ds.adapt_n.values.max()  # the largest n: full adaptation is defined there
+  priors = ds.adapt_prior.values.tolist()
+  styles = ["--", ":", "-."]
+  fig, axes = _grid(len(cs), len(shifted), sharex=True, sharey=True)
+  for i, cell in enumerate(cs):
+    for j, corruption in enumerate(shifted):
+      ax = axes[i, j]
+      for v in vs:
+        part = acc.isel(model=np.flatnonzero(_mask(ds, v, cell)))
+        settings = [("none", None)] + ([("full", p) for p in priors]
+                                       if v in tt.bn_variants(ds) else [])
+        for k, (kind, prior) in enumerate(settings):
+          a = part.sel(adapt=kind, adapt_n=n).isel(adapt_prior=0) if prior is None else \
+              part.sel(adapt=kind, adapt_n=n, adapt_prior=prior)
+          clean = a.sel(corruption="clean").isel(severity=0).values[:, None]
+          vals = np.concatenate([clean, a.sel(corruption=corruption)
+                                 .transpose("model", "severity").values], 1)
+          _masked_band(ax, x, vals, col[v], None, alpha=0.15 if prior is None else 0.07,
+                       ls="-" if prior is None else styles[(k - 1) % len(styles)])
+      ax.set_xticks(x)
+      ax.set_xticklabels(["clean"] + [str(s) for s in sev])
+      ax.set_title(_title(cell, corruption), fontsize=10)
+      if j == 0:
+        ax.set_ylabel("test accuracy")
+      if i == len(cs) - 1:
+        ax.set_xlabel("severity")
+  # Colour: the variant; line style: the adaptation (batch-norm variants only).
+  handles = [Line2D([], [], color=col[v], marker="o", ms=4, label=v) for v in vs]
+  handles += [Line2D([], [], color="k", ls="-", label="no adaptation")]
+  if tt.bn_variants(ds):
+    handles += [Line2D([], [], color="k", ls=styles[k % len(styles)],
+                       label=f"adapted, N={p:g}, n={n}") for k, p in enumerate(priors)]
+  fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 7),
+             frameon=False, fontsize=10)
+  caption = ("Test accuracy under shifted test inputs against the severity (left: clean), "
+             "per corruption, at the last test-time step: without adaptation (solid; running "
+             "statistics) and, for batch-norm variants, with the statistics re-estimated on "
+             f"n = {n} shifted test examples and mixed with the running ones by the prior "
+             "N/(N+n) (Schneider et al. 2020; N = 0: full adaptation). Line: mean over "
+             "seeds; band: min-max over seeds.")
+  return _save(fig, folder, "shift_adaptation.png"), caption
+
+
+ALL = (curves, lr_sensitivity, percentiles, grad_ics, landscape, curvature, test_time_modes,
+       shift_adaptation)
