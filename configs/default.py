@@ -5,11 +5,12 @@ five seeds, trained side by side with batch-statistic records.
 
   python -m icsjax.main --config=configs/default.py --workdir=runs/default
 
-Runtime: about 1.5 min on a 2-core CPU (91-105 s wall with the probes, 46-53 s
-without; jax 0.10.2, one XLA device per core); 30 s on one H100 without probes.
-The test-time evaluation (test_time_every) adds about 15 s: per group about 3 s
-of compilation, and per evaluation 0.24 of a 500-step training segment with the
-probes (0.53 of one without them; interleaved segments of one group, 2 cores).
+Runtime: 125 s wall on a 2-core CPU with everything on (probes, test time,
+checkpoints, the report; jax 0.10.2, one XLA device per core, fresh venv);
+without probes and test time about 50 s; 30 s on one H100 without probes. The
+test-time evaluation (test_time_every) adds about 15 s: about 3 s of
+compilation per group, and per evaluation 0.20 of a 500-step training segment
+with the probes (0.46 without them; benchmarks/test_time_cost.py).
 
 Override any field on the command line, e.g. ``--config.seeds=8`` or
 ``--config.sweep.lr="(0.05,0.1,0.5)"``.
