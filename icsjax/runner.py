@@ -243,7 +243,7 @@ class Progress:
       self.bar.close()
 
 
-def resume(runs: list[GroupRun], checkpoints, config, workdir, log) -> int:
+def resume(runs: list[GroupRun], checkpoints, config, workdir, fingerprint: str, log) -> int:
   """Restores every group from the newest intact checkpoint whose records are all
   on disk, deletes records written after it, and returns the first segment to
   run (0 when there is nothing to resume from)."""
@@ -253,7 +253,7 @@ def resume(runs: list[GroupRun], checkpoints, config, workdir, log) -> int:
   if checkpoints is not None:
     step, states = checkpoints.restore_latest(
         {gr.group.name: host_state(gr) for gr in runs},
-        checkpoint_lib.fingerprint(config.to_json()), at_most=written * seg, log=log)
+        fingerprint, at_most=written * seg, log=log)
     checkpoints.delete_after(step)
   for gr in runs:
     store.truncate(workdir, gr.group.name, step // seg)
@@ -295,8 +295,10 @@ def run(config, workdir, *, progress: bool = True, log=print) -> dict:
   runs = build_group_runs(study)
   checkpoints = (checkpoint_lib.Checkpoints(workdir, config.checkpoint_keep)
                  if config.checkpoint_segments else None)
+  fingerprint = checkpoint_lib.fingerprint(config.to_json())
   try:
-    first = resume(runs, checkpoints, config, workdir, log) if status == "resume" else 0
+    first = (resume(runs, checkpoints, config, workdir, fingerprint, log)
+             if status == "resume" else 0)
     bar = Progress(config.steps, study.num_models, progress, first * config.segment_steps)
     for seg in range(first, study.num_segments):
       run_segment_of_every_group(runs, seg, config, workdir, bar)
@@ -305,8 +307,7 @@ def run(config, workdir, *, progress: bool = True, log=print) -> dict:
       # After every group's records of the segment: a checkpoint never runs ahead of them.
       if checkpoints is not None and ((seg + 1) % config.checkpoint_segments == 0
                                       or end == config.steps):
-        checkpoints.save(end, {gr.group.name: host_state(gr) for gr in runs},
-                         checkpoint_lib.fingerprint(config.to_json()))
+        checkpoints.save(end, {gr.group.name: host_state(gr) for gr in runs}, fingerprint)
   finally:
     if checkpoints is not None:
       checkpoints.wait()

@@ -159,31 +159,34 @@ def damage_flip_state_bytes(step_dir):
   biggest.write_bytes(bytes(data))
 
 
+def resume_a_copy(reference, tmp_path, prepare=lambda workdir: None) -> list[str]:
+  """Copies the reference workdir, lets `prepare` damage it, reruns it and checks
+  that the records and checkpoints come out bitwise the reference's; the log."""
+  src, want, want_sums = reference
+  workdir = tmp_path / "w"
+  shutil.copytree(src, workdir)
+  prepare(workdir)
+  log = []
+  run_study(workdir, log.append)
+  assert_bitwise_equal(records(workdir), want)
+  assert state_checksums(workdir) == want_sums
+  return log
+
+
 @pytest.mark.parametrize("damage", [damage_truncate_state, damage_delete_metadata,
                                     damage_flip_state_bytes])
 def test_a_damaged_checkpoint_is_passed_over_for_the_one_before(reference, tmp_path, damage):
-  src, want, want_sums = reference
-  workdir = tmp_path / "w"
-  shutil.copytree(src, workdir)
-  store.truncate(workdir, "norm-batchnorm", 3)  # lost the last segment: must rerun it
-  damage(workdir / checkpoint_lib.CHECKPOINTS / "60")
-  log = []
-  run_study(workdir, log.append)
+  def prepare(workdir):
+    store.truncate(workdir, "norm-batchnorm", 3)  # lost the last segment: must rerun it
+    damage(workdir / checkpoint_lib.CHECKPOINTS / "60")
+  log = resume_a_copy(reference, tmp_path, prepare)
   assert any("checkpoints/60 is damaged" in m and "falling back" in m for m in log), log
   assert any("resuming it at step 40" in m for m in log), log
-  assert_bitwise_equal(records(workdir), want)
-  assert state_checksums(workdir) == want_sums
 
 
 def test_a_finished_run_rerun_changes_nothing(reference, tmp_path):
-  src, want, want_sums = reference
-  workdir = tmp_path / "w"
-  shutil.copytree(src, workdir)
-  log = []
-  run_study(workdir, log.append)
+  log = resume_a_copy(reference, tmp_path)
   assert any("resuming it at step 80" in m for m in log), log
-  assert_bitwise_equal(records(workdir), want)
-  assert state_checksums(workdir) == want_sums
 
 
 def test_a_checkpoint_saved_over_4_devices_restores_on_1(reference, tmp_path):

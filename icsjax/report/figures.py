@@ -41,6 +41,14 @@ def _grid(rows: int, cols: int, **kw):
   return fig, axes
 
 
+def _label_outer(axes, xlabel: str, ylabel: str):
+  """Axis labels on the outer panels only: the left column and the bottom row."""
+  for ax in axes[:, 0]:
+    ax.set_ylabel(ylabel)
+  for ax in axes[-1, :]:
+    ax.set_xlabel(xlabel)
+
+
 def _band(ax, values: xr.DataArray, colour: str, label: str):
   """Mean over seeds (the `model` dim) as a line, min-max over seeds as a band, against
   the other dim (a time axis)."""
@@ -189,10 +197,7 @@ def percentiles(ds, folder):
                 q == 0.5 else "C7", ls=styles.get(round(float(q), 2), "-"),
                 label=f"{q:.0%} percentile")
       ax.set_title(_title(cell, v), fontsize=10)
-      if j == 0:
-        ax.set_ylabel("nonlinearity input")
-      if i == len(cs) - 1:
-        ax.set_xlabel("training step")
+  _label_outer(axes, "training step", "nonlinearity input")
   _legend(fig, axes)
   caption = (f"Distribution of one unit's nonlinearity input over training (Ioffe & Szegedy "
              f"2015, Fig. 1): 15th, 50th and 85th percentiles over the fixed monitor set "
@@ -216,10 +221,7 @@ def grad_ics(ds, folder):
       _variant_bands(ax, ds, cell,
                      lambda p, w=layer: p.ics_grad_diff_relative.sel(weight_layer=w), col)
       ax.set_title(_title(cell, layer), fontsize=10)
-      if j == 0:
-        ax.set_ylabel(r"$\|G - G'\| \,/\, \|G\|$")
-      if i == len(cs) - 1:
-        ax.set_xlabel("training step")
+  _label_outer(axes, "training step", r"$\|G - G'\| \,/\, \|G\|$")
   _legend(fig, axes)
   caption = ("Gradient-ICS (Santurkar et al. 2018, Def. 2.1): relative change of a layer's "
              "gradient when the layers before it take this step's update, per weight layer "
@@ -344,10 +346,7 @@ def test_time_modes(ds, folder):
       ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
       ax.xaxis.set_minor_formatter(ticker.NullFormatter())
       ax.set_title(_title(cell, v, f"step {step}"), fontsize=10)
-      if j == 0:
-        ax.set_ylabel("test accuracy")
-      if i == len(rows) - 1:
-        ax.set_xlabel("test batch size (log scale)")
+  _label_outer(axes, "test batch size (log scale)", "test accuracy")
   _legend(fig, axes)
   caption = ("Test accuracy against the test batch size with each test batch normalised by "
              "its own statistics (train mode), by the running statistics (eval mode) and by "
@@ -401,10 +400,7 @@ def shift_adaptation(ds, folder):
       ax.set_xticks(x)
       ax.set_xticklabels(["clean"] + [str(s) for s in sev])
       ax.set_title(_title(cell, corruption), fontsize=10)
-      if j == 0:
-        ax.set_ylabel("test accuracy")
-      if i == len(cs) - 1:
-        ax.set_xlabel("severity")
+  _label_outer(axes, "severity", "test accuracy")
   # Colour: the variant; line style: the adaptation (batch-norm variants only).
   handles = [Line2D([], [], color=col[v], marker="o", ms=4, label=v) for v in vs]
   handles += [Line2D([], [], color="k", ls="-", label="no adaptation")]
