@@ -52,7 +52,7 @@ def test_extreme_eigenvalues_converge_to_eigvalsh_and_are_exact_at_full_dimensio
   assert highs[-1] == pytest.approx(eig[-1], abs=1e-4)
   # ...and SLQ's nodes at full dimension are the whole spectrum, for every vector.
   nodes, weights = curvature.gauss_quadrature(
-      *curvature.slq(matrix_hvp(a), len(a), len(a), 3, jax.random.PRNGKey(4)))
+      *curvature.slq(matrix_hvp(a), jnp.zeros(len(a)), len(a), 3, jax.random.PRNGKey(4)))
   for v in range(3):
     np.testing.assert_allclose(np.sort(np.asarray(nodes[v])), eig, atol=1e-4)
     assert float(weights[v].sum()) == pytest.approx(1.0, abs=1e-5)
@@ -63,7 +63,7 @@ def test_an_exhausted_krylov_space_restarts_and_still_finds_every_eigenvalue():
   eig = np.repeat([-1.0, 0.5, 2.0], 4)
   a = symmetric(eig, seed=3)
   nodes, weights = curvature.gauss_quadrature(
-      *curvature.slq(matrix_hvp(a), len(a), len(a), 2, jax.random.PRNGKey(5)))
+      *curvature.slq(matrix_hvp(a), jnp.zeros(len(a)), len(a), 2, jax.random.PRNGKey(5)))
   for v in range(2):
     np.testing.assert_allclose(np.sort(np.asarray(nodes[v])), np.sort(eig), atol=1e-4)
     # The quadrature weights stay those of the start vector: 3 distinct nodes carry them.
@@ -78,7 +78,7 @@ def test_slq_moments_converge_to_the_spectral_density_moments():
   n = len(a)
   eig = np.linalg.eigvalsh(a)
   nodes, weights = curvature.gauss_quadrature(
-      *curvature.slq(matrix_hvp(a), n, n, 400, jax.random.PRNGKey(6)))
+      *curvature.slq(matrix_hvp(a), jnp.zeros(n), n, 400, jax.random.PRNGKey(6)))
   got = np.asarray(curvature.moments(nodes, weights, (0, 1, 2, 3)), np.float64)
   want = np.array([np.mean(eig ** k) for k in (0, 1, 2, 3)])  # tr(A^k) / n
   # Per vector z (Rademacher), z^T A^k z / n has variance 2 sum_{i != j} (A^k)_ij^2 / n^2.
@@ -93,7 +93,7 @@ def test_hutchinson_converges_to_the_trace():
   off = 2 * (np.sum(a ** 2) - np.sum(np.diag(a) ** 2))
   errors = []
   for samples in (16, 256, 4096):
-    est = float(curvature.hutchinson_trace(matrix_hvp(a), len(a), samples,
+    est = float(curvature.hutchinson_trace(matrix_hvp(a), jnp.zeros(len(a)), samples,
                                            jax.random.PRNGKey(7)))
     assert abs(est - np.trace(a)) < 5 * np.sqrt(off / samples) + 1e-4
     errors.append(abs(est - np.trace(a)))
@@ -109,13 +109,57 @@ def test_a_diverged_tridiagonal_reads_nan():
   assert np.isnan(rec["slq_nodes"][1]).all() and np.isnan(rec["hessian_lambda_max"][1])
 
 
-def test_flat_hvp_matches_the_dense_hessian():
+def test_tree_hvp_matches_the_dense_hessian():
   def f(p):
     return jnp.sum(jnp.sin(p["w"]) * p["b"][0]) + jnp.sum(p["w"] ** 3)
   params = {"w": jnp.arange(5, dtype=jnp.float32) / 5, "b": jnp.array([0.7], jnp.float32)}
-  hvp, dim = curvature.flat_hvp(f, params)
-  assert dim == 6
+  hvp = curvature.tree_hvp(f, params)
   flat, unravel = jax.flatten_util.ravel_pytree(params)
   h = jax.hessian(lambda v: f(unravel(v)))(flat)
   v = jnp.asarray(np.random.default_rng(8).standard_normal(6), jnp.float32)
-  np.testing.assert_allclose(np.asarray(hvp(v)), np.asarray(h @ v), rtol=1e-5, atol=1e-6)
+  got = jax.flatten_util.ravel_pytree(hvp(unravel(v)))[0]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(h @ v), rtol=1e-5, atol=1e-6)
+
+
+def tree_of(flat, shapes):
+  """Splits a flat vector into a dict of arrays of the given shapes."""
+  out, at = {}, 0
+  for name, shape in shapes.items():
+    n = int(np.prod(shape))
+    out[name] = flat[at:at + n].reshape(shape)
+    at += n
+  return out
+
+
+def test_lanczos_on_a_tree_equals_lanczos_on_its_flat_vector():
+  """Leaves of several shapes, run past the dimension so that the Krylov space
+  is exhausted and the restart picks the least covered axis across leaves."""
+  a = symmetric(np.r_[np.full(6, 2.0), np.linspace(-1, 1, 6)], seed=3)  # 7 distinct eigenvalues
+  shapes = {"k": (2, 3), "b": (1,), "z": (5,)}
+  v0 = jnp.asarray(np.random.default_rng(9).standard_normal(12), jnp.float32)
+  a32 = jnp.asarray(a, jnp.float32)
+  flat = lambda t: jnp.concatenate([t[k].reshape(-1) for k in shapes])
+  tree_hvp = lambda t: tree_of(a32 @ flat(t), shapes)
+  want = curvature.lanczos(matrix_hvp(a), v0, 12)
+  got = curvature.lanczos(tree_hvp, tree_of(v0, shapes), 12)
+  assert float(jnp.min(jnp.abs(want[1][:6]))) > 1e-3 and float(want[1][6]) == 0.0  # restarted
+  np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), atol=1e-5)
+  basis = np.concatenate([np.asarray(got[2][k]).reshape(12, -1) for k in shapes], axis=1)
+  np.testing.assert_allclose(basis, np.asarray(want[2]), atol=1e-4)  # summed in another order
+  np.testing.assert_allclose(basis @ basis.T, np.eye(12), atol=1e-5)
+
+
+def test_rademacher_entries_are_fair_independent_signs():
+  like = {"w": jnp.zeros((300, 70)), "b": jnp.zeros((7,))}
+  z = curvature.rademacher(jax.random.PRNGKey(10), like)
+  assert z["w"].shape == (300, 70) and z["b"].shape == (7,)
+  flat = np.concatenate([np.asarray(z["w"]).ravel(), np.asarray(z["b"])])
+  assert set(np.unique(flat)) == {-1.0, 1.0}
+  n = flat.size
+  assert abs(flat.mean()) < 4 / np.sqrt(n)
+  # Neighbours (bits of one word, and across words) are uncorrelated.
+  for lag in (1, 31, 32, 33):
+    assert abs(np.mean(flat[:-lag] * flat[lag:])) < 4 / np.sqrt(n), lag
+  other = curvature.rademacher(jax.random.PRNGKey(11), like)
+  assert abs(np.mean(np.asarray(other["w"]).ravel() * np.asarray(z["w"]).ravel())) < 4 / np.sqrt(n)

@@ -55,14 +55,14 @@ def curvature_records(program, hp, params, batch_stats, x, y, noise_key, vector_
   (x, y), train mode, noise frozen at noise_key. The spectrum itself comes
   from the tridiagonals on the host (``curvature.spectrum_records``)."""
   loss_fn = lambda p: program.loss(p, batch_stats, x, y, hp, noise_key)[0]
-  hvp, dim = curvature_lib.flat_hvp(loss_fn, params)
+  hvp = curvature_lib.tree_hvp(loss_fn, params)
   k_slq, k_trace = jax.random.split(vector_key)
-  alphas, betas = curvature_lib.slq(hvp, dim, run.lanczos_steps, run.slq_vectors, k_slq)
+  alphas, betas = curvature_lib.slq(hvp, params, run.lanczos_steps, run.slq_vectors, k_slq)
   loss, grads = jax.value_and_grad(loss_fn)(params)
   kernel_norm = lambda tree: jnp.stack([jnp.linalg.norm(tree[name]["kernel"].ravel())
                                         for name in program.weight_layers])
   return {"lanczos_alpha": alphas, "lanczos_beta": betas,
-          "hessian_trace": curvature_lib.hutchinson_trace(hvp, dim, run.hutchinson_samples,
+          "hessian_trace": curvature_lib.hutchinson_trace(hvp, params, run.hutchinson_samples,
                                                           k_trace),
           "probe_loss": loss, "probe_grad_norm": kernel_norm(grads),
           "weight_norm": kernel_norm(params)}

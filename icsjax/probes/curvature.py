@@ -1,10 +1,12 @@
 """Curvature from Hessian-vector products: Lanczos, stochastic Lanczos
 quadrature (SLQ) and Hutchinson's trace (DESIGN.md B.4).
 
-Every function takes ``hvp``, a map from a flat vector to the Hessian times
-it, so the same code serves a network's loss (``flat_hvp``) and, in tests, an
-explicit matrix. Random vectors come from a key; nothing here knows about
-models or steps.
+Every function takes ``hvp``, a map from a vector to the Hessian times it,
+and the vectors are pytrees: a network's parameters (``tree_hvp``) or, in
+tests, one flat array with an explicit matrix. Working on the parameter tree
+itself, rather than on one raveled vector, spares every Hessian-vector
+product a split and a concatenation of all parameters. Random vectors come
+from a key; nothing here knows about models or steps.
 
 The compiled loop keeps Lanczos's tridiagonal matrices; their small
 eigen-decompositions (``gauss_quadrature``) run in NumPy once per segment.
@@ -17,32 +19,51 @@ from __future__ import annotations
 import jax
 import numpy as np
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 # A Lanczos step whose new direction keeps less than this share of |H v| has run
 # out of Krylov space (float32 rounding leaves ~1e-7 of it); it restarts there.
 BREAKDOWN = 1e-4
 
 
-def flat_hvp(loss_fn, params):
-  """(hvp on flat vectors, dimension) of loss_fn at params: forward-over-reverse."""
-  flat, unravel = ravel_pytree(params)
+def tree_hvp(loss_fn, params):
+  """The Hessian-vector product of loss_fn at params, on trees shaped like
+  params: forward-over-reverse. The primal gradient does not depend on the
+  vector, so XLA computes it once outside a loop of products."""
   grad_fn = jax.grad(loss_fn)
+  return lambda v: jax.jvp(grad_fn, (params,), (v,))[1]
 
-  def hvp(v):
-    return ravel_pytree(jax.jvp(grad_fn, (params,), (unravel(v),))[1])[0]
-  return hvp, flat.shape[0]
+
+def tree_dot(a, b):
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                            jax.tree_util.tree_leaves(b)))
+
+
+def rademacher(key, like, dtype=jnp.float32):
+  """A tree of independent +-1 entries shaped like `like`, one random bit
+  each: threefry makes 32 bits per output, and drawing an output per entry
+  cost more than a Hessian-vector product of a 100k-parameter MLP on a CPU."""
+  leaves, treedef = jax.tree_util.tree_flatten(like)
+  sizes = [int(np.prod(np.shape(leaf))) for leaf in leaves]
+  words = jax.random.bits(key, (-(-sum(sizes) // 32),), jnp.uint32)
+  bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+  signs = (1 - 2 * bits.astype(dtype)).reshape(-1)
+  offsets = np.cumsum([0] + sizes)
+  return jax.tree_util.tree_unflatten(treedef, [
+      signs[o:o + n].reshape(np.shape(leaf)) for o, n, leaf in zip(offsets, sizes, leaves)])
 
 
 def lanczos(hvp, v0, steps: int):
   """Lanczos tridiagonalisation with full reorthogonalisation.
 
-  Returns (alphas, betas, basis): T's diagonal (steps,), its off-diagonal
-  (steps,; the last entry couples to no further row) and the orthonormal
-  (steps, dim) basis. Each step takes the three-term recurrence,
-  then one classical Gram-Schmidt pass against the whole basis (Paige's full
-  reorthogonalisation). The basis is read twice a step; on a CPU that
-  reading costs about as much as the Hessian-vector product.
+  v0 is a tree (a flat vector is a tree of one leaf). Returns (alphas,
+  betas, basis): T's diagonal (steps,), its off-diagonal (steps,; the last
+  entry couples to no further row) and the orthonormal basis, a tree of
+  (steps, *leaf shape). Each step takes the three-term recurrence, then one
+  classical Gram-Schmidt pass against the whole basis (Paige's full
+  reorthogonalisation): its coefficients are sums over the leaves, each
+  leaf's rows held as one (steps, leaf size) matrix. The basis is read twice
+  a step; on a CPU that reading costs about as much as the Hessian-vector
+  product.
 
   When the Krylov space of v0 is exhausted (an invariant subspace), the next
   direction is a new one orthogonal to the basis and its coupling is 0: T
@@ -53,44 +74,63 @@ def lanczos(hvp, v0, steps: int):
   (dim - rows) / dim > 0), projected out in the same pass as w. (A random
   vector would cost a random number per parameter at every step.)
   """
-  dim = v0.shape[0]
-  v0 = v0 / jnp.linalg.norm(v0)
+  leaves, treedef = jax.tree_util.tree_flatten(v0)
+  shapes = [leaf.shape for leaf in leaves]
+  dtype = leaves[0].dtype
+  flat = lambda tree: [x.reshape(-1) for x in jax.tree_util.tree_leaves(tree)]
+  as_tree = lambda rows: jax.tree_util.tree_unflatten(
+      treedef, [r.reshape(s) for r, s in zip(rows, shapes)])
+  dot = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(a, b))
+  norm = jnp.sqrt(dot(flat(v0), flat(v0)))
   # One spare row: step j always writes row j + 1, the last one into the spare.
-  basis = jnp.zeros((steps + 1, dim), v0.dtype).at[0].set(v0)
+  basis = [jnp.zeros((steps + 1, leaf.size), dtype).at[0].set(leaf.reshape(-1) / norm)
+           for leaf in leaves]
 
   def step(j, carry):
     basis, covered, alphas, betas = carry
-    v, v_prev = basis[j], basis[jnp.maximum(j - 1, 0)]
-    w = hvp(v)
-    scale = jnp.linalg.norm(w)
-    alpha = jnp.vdot(v, w)
+    v = [b[j] for b in basis]
+    v_prev = [b[jnp.maximum(j - 1, 0)] for b in basis]
+    w = flat(hvp(as_tree(v)))
+    scale = jnp.sqrt(dot(w, w))
+    alpha = dot(v, w)
     beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
-    w = w - alpha * v - beta_prev * v_prev
-    axis = jnp.argmin(covered)
-    proj = jnp.stack([basis @ w, basis[:, axis]]) @ basis  # (2, dim): one read of the basis
-    w = w - proj[0]
-    restart = jax.nn.one_hot(axis, dim, dtype=w.dtype) - proj[1]
-    beta = jnp.linalg.norm(w)
-    broke = beta <= BREAKDOWN * jnp.maximum(scale, jnp.finfo(v0.dtype).tiny)
-    nxt = jnp.where(broke, restart / jnp.linalg.norm(restart), w / jnp.where(broke, 1.0, beta))
-    return (basis.at[j + 1].set(nxt), covered + jnp.square(nxt), alphas.at[j].set(alpha),
-            betas.at[j].set(jnp.where(broke, 0.0, beta)))
+    w = [x - alpha * y - beta_prev * z for x, y, z in zip(w, v, v_prev)]
+    # The least covered coordinate of all: its leaf, and its index in each leaf.
+    axes = [jnp.argmin(c) for c in covered]
+    leaf = jnp.argmin(jnp.stack([c[a] for c, a in zip(covered, axes)]))
+    hit = [(leaf == i).astype(dtype) for i in range(len(basis))]
+    coef = sum(b @ x for b, x in zip(basis, w))
+    column = sum(h * b[:, a] for h, b, a in zip(hit, basis, axes))
+    proj = [jnp.stack([coef, column]) @ b for b in basis]  # (2, size): one read of the basis
+    w = [x - p[0] for x, p in zip(w, proj)]
+    restart = [h * jax.nn.one_hot(a, x.shape[0], dtype=dtype) - p[1]
+               for h, a, x, p in zip(hit, axes, w, proj)]
+    beta = jnp.sqrt(dot(w, w))
+    broke = beta <= BREAKDOWN * jnp.maximum(scale, jnp.finfo(dtype).tiny)
+    restart_norm = jnp.sqrt(dot(restart, restart))
+    nxt = [jnp.where(broke, r / restart_norm, x / jnp.where(broke, 1.0, beta))
+           for r, x in zip(restart, w)]
+    return ([b.at[j + 1].set(n) for b, n in zip(basis, nxt)],
+            [c + jnp.square(n) for c, n in zip(covered, nxt)],
+            alphas.at[j].set(alpha), betas.at[j].set(jnp.where(broke, 0.0, beta)))
 
-  zeros = jnp.zeros((steps,), v0.dtype)
+  zeros = jnp.zeros((steps,), dtype)
   basis, _, alphas, betas = jax.lax.fori_loop(
-      0, steps, step, (basis, jnp.square(v0), zeros, zeros))
-  return alphas, betas, basis[:steps]
+      0, steps, step, (basis, [jnp.square(b[0]) for b in basis], zeros, zeros))
+  return alphas, betas, jax.tree_util.tree_unflatten(
+      treedef, [b[:steps].reshape((steps,) + s) for b, s in zip(basis, shapes)])
 
 
-def slq(hvp, dim: int, steps: int, vectors: int, key, dtype=jnp.float32):
+def slq(hvp, like, steps: int, vectors: int, key):
   """Stochastic Lanczos quadrature (Ghorbani et al. 2019), the compiled part.
 
   Returns (alphas, betas), each (vectors, steps): the tridiagonal matrix of
-  each Rademacher start vector; ``gauss_quadrature`` turns them into the
-  density. Vectors run one after another, so only one basis is held.
+  each Rademacher start vector (a tree shaped like `like`);
+  ``gauss_quadrature`` turns them into the density. Vectors run one after
+  another, so only one basis is held.
   """
   def one(k):
-    return lanczos(hvp, jax.random.rademacher(k, (dim,), dtype), steps)[:2]
+    return lanczos(hvp, rademacher(k, like), steps)[:2]
   return jax.lax.map(one, jax.random.split(key, vectors))
 
 
@@ -126,11 +166,12 @@ def spectrum_records(alphas, betas) -> dict:
           "hessian_lambda_min": nodes.min(axis=(-2, -1)).astype(np.float32)}
 
 
-def hutchinson_trace(hvp, dim: int, samples: int, key, dtype=jnp.float32):
-  """Hutchinson's estimate of tr(H): the mean of z^T H z over Rademacher z."""
+def hutchinson_trace(hvp, like, samples: int, key):
+  """Hutchinson's estimate of tr(H): the mean of z^T H z over Rademacher z
+  shaped like `like`."""
   def one(k):
-    z = jax.random.rademacher(k, (dim,), dtype)
-    return jnp.vdot(z, hvp(z))
+    z = rademacher(k, like)
+    return tree_dot(z, hvp(z))
   return jnp.mean(jax.lax.map(one, jax.random.split(key, samples)))
 
 
