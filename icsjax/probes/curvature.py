@@ -34,6 +34,7 @@ def tree_hvp(loss_fn, params):
 
 
 def tree_dot(a, b):
+  """The dot product of two trees of one structure (lists of arrays included)."""
   return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
                                             jax.tree_util.tree_leaves(b)))
 
@@ -80,8 +81,7 @@ def lanczos(hvp, v0, steps: int):
   flat = lambda tree: [x.reshape(-1) for x in jax.tree_util.tree_leaves(tree)]
   as_tree = lambda rows: jax.tree_util.tree_unflatten(
       treedef, [r.reshape(s) for r, s in zip(rows, shapes)])
-  dot = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(a, b))
-  norm = jnp.sqrt(dot(flat(v0), flat(v0)))
+  norm = jnp.sqrt(tree_dot(v0, v0))
   # One spare row: step j always writes row j + 1, the last one into the spare.
   basis = [jnp.zeros((steps + 1, leaf.size), dtype).at[0].set(leaf.reshape(-1) / norm)
            for leaf in leaves]
@@ -91,8 +91,8 @@ def lanczos(hvp, v0, steps: int):
     v = [b[j] for b in basis]
     v_prev = [b[jnp.maximum(j - 1, 0)] for b in basis]
     w = flat(hvp(as_tree(v)))
-    scale = jnp.sqrt(dot(w, w))
-    alpha = dot(v, w)
+    scale = jnp.sqrt(tree_dot(w, w))
+    alpha = tree_dot(v, w)
     beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
     w = [x - alpha * y - beta_prev * z for x, y, z in zip(w, v, v_prev)]
     # The least covered coordinate of all: its leaf, and its index in each leaf.
@@ -105,9 +105,9 @@ def lanczos(hvp, v0, steps: int):
     w = [x - p[0] for x, p in zip(w, proj)]
     restart = [h * jax.nn.one_hot(a, x.shape[0], dtype=dtype) - p[1]
                for h, a, x, p in zip(hit, axes, w, proj)]
-    beta = jnp.sqrt(dot(w, w))
+    beta = jnp.sqrt(tree_dot(w, w))
     broke = beta <= BREAKDOWN * jnp.maximum(scale, jnp.finfo(dtype).tiny)
-    restart_norm = jnp.sqrt(dot(restart, restart))
+    restart_norm = jnp.sqrt(tree_dot(restart, restart))
     nxt = [jnp.where(broke, r / restart_norm, x / jnp.where(broke, 1.0, beta))
            for r, x in zip(restart, w)]
     return ([b.at[j + 1].set(n) for b, n in zip(basis, nxt)],
