@@ -64,7 +64,7 @@ def probe_memory_bytes(config) -> int:
   return limit // 4 if limit else DEFAULT_PROBE_MEMORY
 
 
-DEFAULT_PROBE_MEMORY = 2 * 2**30  # a device that does not report its memory (CPU)
+DEFAULT_PROBE_MEMORY = 2 * 2**30  # a device that does not report its memory
 
 
 def group_model_chunk(num_models: int, devices: int, bytes_per_model: int,
@@ -81,6 +81,13 @@ def group_model_chunk(num_models: int, devices: int, bytes_per_model: int,
     fits = max(1, budget // bytes_per_model)
     chunk = max(c for c in range(1, share + 1) if share % c == 0 and c <= min(chunk, fits))
   return 0 if chunk == share and backend != "cpu" else chunk
+
+
+def curvature_per_model(backend: str) -> bool:
+  """Whether the curvature probe runs one model per device at a time
+  (train.one_model_per_device): on a CPU, where a model's Lanczos basis then
+  stays in cache. An accelerator probes its whole share at once."""
+  return backend == "cpu"
 
 
 def pad_models(values, multiple: int):
@@ -105,11 +112,13 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
       placed[key, devices] = loaded[key] if sharding is None else jax.device_put(
           loaded[key], jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
     ds = placed[key, devices]
+    per_model = curvature_per_model(jax.default_backend())
     program = train.GroupProgram(static=g.static, run=run_spec, task=ds.task,
                                  num_outputs=ds.num_outputs, input_shape=ds.input_shape,
-                                 num_train=ds.num_train, num_test=ds.num_test, devices=devices)
+                                 num_train=ds.num_train, num_test=ds.num_test, devices=devices,
+                                 curvature_per_model=per_model)
     probe_bytes = 0
-    if run_spec.curvature_every:
+    if run_spec.curvature_every and not per_model:  # else one basis per device at a time
       probe_bytes = probes.curvature_bytes_per_model(program.num_params,
                                                      run_spec.lanczos_steps)
     program = dataclasses.replace(program, model_chunk=group_model_chunk(

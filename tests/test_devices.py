@@ -17,14 +17,21 @@ SCRIPT = textwrap.dedent("""
     print(devices.split_cpu_host(4))
     import jax
     jax.config.update("jax_disable_most_optimizations", True)
-    from conftest import tiny_config
     from icsjax import runner
-    c = tiny_config()
-    c.sweep.norm = ("noisy_batchnorm",)
-    c.seeds, c.sweep.lr = 5, (0.1,)  # 5 models: 3 devices of 2, one padding model
-    runner.run(c, {workdir!r}, progress=False)
+    from test_devices import five_models
+    runner.run(five_models(), {workdir!r}, progress=False)
     print("devices", jax.device_count(), runner.model_sharding(5).mesh.size)
 """)
+
+
+def five_models():
+  """5 noisy-BN models (3 devices of 2, one padding model), curvature probed."""
+  from conftest import tiny_config
+  c = tiny_config(curvature_every=20, curvature_batch_size=16, lanczos_steps=6, slq_vectors=1,
+                  hutchinson_samples=2)
+  c.sweep.norm = ("noisy_batchnorm",)
+  c.seeds, c.sweep.lr = 5, (0.1,)
+  return c
 
 
 def run_python(code, **env):
@@ -39,11 +46,7 @@ def test_four_virtual_devices_match_one(tmp_path):
   out = run_python(SCRIPT.format(tests=tests, workdir=str(tmp_path / "four")))
   assert out.returncode == 0, out.stderr[-3000:]
   assert "CPU split into 4 devices" in out.stdout and "devices 4 3" in out.stdout
-  from conftest import tiny_config
-  c = tiny_config()
-  c.sweep.norm = ("noisy_batchnorm",)
-  c.seeds, c.sweep.lr = 5, (0.1,)
-  one = runner.run(c, tmp_path / "one", progress=False, log=lambda *_: None)
+  one = runner.run(five_models(), tmp_path / "one", progress=False, log=lambda *_: None)
   four = runner.store.load(tmp_path / "four")
   assert list(one) == list(four)
   for group in one:

@@ -219,15 +219,24 @@ def test_model_chunks_fit_the_probe_memory():
   assert runner.group_model_chunk(6, 2, 0, 0, "gpu") == 0  # no curvature: no limit
 
 
-def test_curvature_in_model_chunks_equals_all_at_once(tmp_path, monkeypatch):
+def test_curvature_per_model_and_in_model_chunks_equals_all_at_once(tmp_path, monkeypatch):
   c = tiny_curvature_config()
   c.sweep.norm, c.seeds, c.sweep.lr = ("batchnorm",), 2, (0.01, 0.02)
+  build = lambda: runner.build_group_runs(runner.study_lib.expand(c))[0].program
+  assert build().curvature_per_model  # this CPU: one model per device at a time
+  (per_model,) = quiet_run(c, tmp_path / "per_model").values()
+  monkeypatch.setattr(runner, "curvature_per_model", lambda backend: False)
+  assert not build().curvature_per_model and build().model_chunk == 4
   (whole,) = quiet_run(c, tmp_path / "whole").values()
-  per_model = runner.probes.curvature_bytes_per_model(59, c.lanczos_steps)
-  monkeypatch.setattr(runner, "probe_memory_bytes", lambda config: per_model)
-  (gr,) = runner.build_group_runs(runner.study_lib.expand(c))
-  assert gr.program.model_chunk == 1
+  bytes_per_model = runner.probes.curvature_bytes_per_model(59, c.lanczos_steps)
+  monkeypatch.setattr(runner, "probe_memory_bytes", lambda config: bytes_per_model)
+  assert build().model_chunk == 1
   (chunked,) = quiet_run(c, tmp_path / "chunked").values()
+  for other in (per_model, chunked):
+    assert_same_curvature(other, whole)
+
+
+def assert_same_curvature(got, whole):
   # A full-dimension Lanczos run amplifies the rounding of a vmap's other summation
   # order: Ritz values agree to a small fraction of the spectrum's extent.
   # The weight of a (near-)degenerate node may sit on either copy, so weights are
@@ -235,10 +244,10 @@ def test_curvature_in_model_chunks_equals_all_at_once(tmp_path, monkeypatch):
   extent = float(np.abs(whole.slq_nodes).max())
   quad = lambda ds, k: (ds.slq_weights * (ds.slq_nodes / extent) ** k).sum("lanczos_step")
   for k in range(4):
-    np.testing.assert_allclose(quad(chunked, k).values, quad(whole, k).values, atol=1e-5)
+    np.testing.assert_allclose(quad(got, k).values, quad(whole, k).values, atol=1e-5)
   # Lanczos's coefficients themselves drift with rounding over a full-dimension run;
   # the quadrature they define (above) and the Ritz values (below) do not.
   for name in set(whole.data_vars) - {"slq_weights", "lanczos_alpha", "lanczos_beta"}:
     spectral = name.startswith(("slq_", "hessian_"))
-    np.testing.assert_allclose(chunked[name].values, whole[name].values, rtol=1e-5,
+    np.testing.assert_allclose(got[name].values, whole[name].values, rtol=1e-5,
                                atol=1e-5 * extent if spectral else 1e-6, err_msg=name)

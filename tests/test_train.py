@@ -282,3 +282,20 @@ def test_models_are_trained_in_per_device_chunks():
     expected[members] = np.array(members) - min(members)
   np.testing.assert_array_equal(out, expected)
   assert seen == [(devices * chunk,)]  # lax.map traces fn once
+
+
+def test_one_model_per_device_maps_each_devices_models_in_turn():
+  k, devices = 8, 2
+  per_device = k // devices
+
+  def fn_of_axis(axis_name):  # per model: the sum over the models of its round
+    return lambda x, scale: scale * (x if axis_name is None else jax.lax.psum(x, axis_name))
+
+  x = jnp.arange(k, dtype=jnp.float32) ** 2
+  out = np.asarray(jax.vmap(train.one_model_per_device(fn_of_axis, devices),
+                            in_axes=(0, None))(x, 3.0))
+  # Round r holds model r of each device: models r, per_device + r, ...
+  expected = [3.0 * sum(x[d * per_device + m % per_device] for d in range(devices))
+              for m in range(k)]
+  np.testing.assert_allclose(out, expected)
+  assert float(train.one_model_per_device(fn_of_axis, devices)(x[2], 3.0)) == 3.0 * x[2]

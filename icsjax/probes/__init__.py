@@ -50,14 +50,17 @@ def landscape_records(program, hp, inside: StepInternals, lr_multiples):
                       lr_multiples)
 
 
-def curvature_records(program, hp, params, batch_stats, x, y, noise_key, vector_key, run):
+def curvature_records(program, hp, params, batch_stats, x, y, noise_key, vector_key, run,
+                      axis_name=None):
   """Lanczos tridiagonals (SLQ), trace and per-layer norms on the probe batch
   (x, y), train mode, noise frozen at noise_key. The spectrum itself comes
-  from the tridiagonals on the host (``curvature.spectrum_records``)."""
+  from the tridiagonals on the host (``curvature.spectrum_records``).
+  axis_name: the vmapped model axis, if any (``curvature.lanczos``)."""
   loss_fn = lambda p: program.loss(p, batch_stats, x, y, hp, noise_key)[0]
   hvp = curvature_lib.tree_hvp(loss_fn, params)
   k_slq, k_trace = jax.random.split(vector_key)
-  alphas, betas = curvature_lib.slq(hvp, params, run.lanczos_steps, run.slq_vectors, k_slq)
+  alphas, betas = curvature_lib.slq(hvp, params, run.lanczos_steps, run.slq_vectors, k_slq,
+                                    axis_name)
   loss, grads = jax.value_and_grad(loss_fn)(params)
   kernel_norm = lambda tree: jnp.stack([jnp.linalg.norm(tree[name]["kernel"].ravel())
                                         for name in program.weight_layers])

@@ -53,7 +53,7 @@ def rademacher(key, like, dtype=jnp.float32):
       signs[o:o + n].reshape(np.shape(leaf)) for o, n, leaf in zip(offsets, sizes, leaves)])
 
 
-def lanczos(hvp, v0, steps: int):
+def lanczos(hvp, v0, steps: int, axis_name=None):
   """Lanczos tridiagonalisation with full reorthogonalisation.
 
   v0 is a tree (a flat vector is a tree of one leaf). Returns (alphas,
@@ -72,8 +72,13 @@ def lanczos(hvp, v0, steps: int):
   and the quadrature weights of v0 (first components) fall on the first block.
   That direction is the coordinate axis the basis covers least (covered: the
   basis's squared entries summed over rows, so its residual is at least
-  (dim - rows) / dim > 0), projected out in the same pass as w. (A random
-  vector would cost a random number per parameter at every step.)
+  (dim - rows) / dim > 0), projected out of the basis. (A random vector would
+  cost a random number per parameter.)
+
+  Under vmap a branch on a batched value computes both sides, and the restart
+  side reads the basis twice more: axis_name, the vmapped model axis when
+  there is one, makes the test one unbatched "has any model broken down",
+  so steps without a breakdown (all of them, in a real network's probe) skip it.
   """
   leaves, treedef = jax.tree_util.tree_flatten(v0)
   shapes = [leaf.shape for leaf in leaves]
@@ -86,8 +91,22 @@ def lanczos(hvp, v0, steps: int):
   basis = [jnp.zeros((steps + 1, leaf.size), dtype).at[0].set(leaf.reshape(-1) / norm)
            for leaf in leaves]
 
+  def restart(basis, w, beta, broke):
+    """w / beta, or where the Krylov space is exhausted a new unit direction
+    orthogonal to the basis: the least covered coordinate axis of all leaves."""
+    covered = [jnp.sum(jnp.square(b), axis=0) for b in basis]
+    axes = [jnp.argmin(c) for c in covered]
+    leaf = jnp.argmin(jnp.stack([c[a] for c, a in zip(covered, axes)]))
+    hit = [(leaf == i).astype(dtype) for i in range(len(basis))]
+    column = sum(h * b[:, a] for h, b, a in zip(hit, basis, axes))
+    axis = [h * jax.nn.one_hot(a, x.shape[0], dtype=dtype) - column @ b
+            for h, a, x, b in zip(hit, axes, w, basis)]
+    axis_norm = jnp.sqrt(tree_dot(axis, axis))
+    return [jnp.where(broke, r / axis_norm, x / jnp.where(broke, 1.0, beta))
+            for r, x in zip(axis, w)]
+
   def step(j, carry):
-    basis, covered, alphas, betas = carry
+    basis, alphas, betas = carry
     v = [b[j] for b in basis]
     v_prev = [b[jnp.maximum(j - 1, 0)] for b in basis]
     w = flat(hvp(as_tree(v)))
@@ -95,33 +114,24 @@ def lanczos(hvp, v0, steps: int):
     alpha = tree_dot(v, w)
     beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
     w = [x - alpha * y - beta_prev * z for x, y, z in zip(w, v, v_prev)]
-    # The least covered coordinate of all: its leaf, and its index in each leaf.
-    axes = [jnp.argmin(c) for c in covered]
-    leaf = jnp.argmin(jnp.stack([c[a] for c, a in zip(covered, axes)]))
-    hit = [(leaf == i).astype(dtype) for i in range(len(basis))]
     coef = sum(b @ x for b, x in zip(basis, w))
-    column = sum(h * b[:, a] for h, b, a in zip(hit, basis, axes))
-    proj = [jnp.stack([coef, column]) @ b for b in basis]  # (2, size): one read of the basis
-    w = [x - p[0] for x, p in zip(w, proj)]
-    restart = [h * jax.nn.one_hot(a, x.shape[0], dtype=dtype) - p[1]
-               for h, a, x, p in zip(hit, axes, w, proj)]
+    w = [x - coef @ b for x, b in zip(w, basis)]
     beta = jnp.sqrt(tree_dot(w, w))
     broke = beta <= BREAKDOWN * jnp.maximum(scale, jnp.finfo(dtype).tiny)
-    restart_norm = jnp.sqrt(tree_dot(restart, restart))
-    nxt = [jnp.where(broke, r / restart_norm, x / jnp.where(broke, 1.0, beta))
-           for r, x in zip(restart, w)]
+    any_broke = broke if axis_name is None else jax.lax.psum(broke.astype(jnp.int32),
+                                                             axis_name) > 0
+    nxt = jax.lax.cond(any_broke, restart, lambda b, w, beta, _: [x / beta for x in w],
+                       basis, w, beta, broke)
     return ([b.at[j + 1].set(n) for b, n in zip(basis, nxt)],
-            [c + jnp.square(n) for c, n in zip(covered, nxt)],
             alphas.at[j].set(alpha), betas.at[j].set(jnp.where(broke, 0.0, beta)))
 
   zeros = jnp.zeros((steps,), dtype)
-  basis, _, alphas, betas = jax.lax.fori_loop(
-      0, steps, step, (basis, [jnp.square(b[0]) for b in basis], zeros, zeros))
+  basis, alphas, betas = jax.lax.fori_loop(0, steps, step, (basis, zeros, zeros))
   return alphas, betas, jax.tree_util.tree_unflatten(
       treedef, [b[:steps].reshape((steps,) + s) for b, s in zip(basis, shapes)])
 
 
-def slq(hvp, like, steps: int, vectors: int, key):
+def slq(hvp, like, steps: int, vectors: int, key, axis_name=None):
   """Stochastic Lanczos quadrature (Ghorbani et al. 2019), the compiled part.
 
   Returns (alphas, betas), each (vectors, steps): the tridiagonal matrix of
@@ -130,7 +140,7 @@ def slq(hvp, like, steps: int, vectors: int, key):
   another, so only one basis is held.
   """
   def one(k):
-    return lanczos(hvp, rademacher(k, like), steps)[:2]
+    return lanczos(hvp, rademacher(k, like), steps, axis_name)[:2]
   return jax.lax.map(one, jax.random.split(key, vectors))
 
 
