@@ -1,6 +1,7 @@
 """The default study, shortened, through the command line."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,7 +16,9 @@ def test_default_study_from_the_command_line(tmp_path):
   workdir = tmp_path / "default"
   cmd = [sys.executable, "-m", "icsjax.main", "--config=configs/default.py",
          f"--workdir={workdir}", "--config.steps=500", "--config.seeds=2", "--noprogress"]
-  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  # Compilation dominates one segment: XLA optimisations off, as in conftest.
+  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   # The report follows the run (tests/test_report.py checks what it says).
   assert f"report: {workdir / 'report' / 'report.md'}" in out.stdout
