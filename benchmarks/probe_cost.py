@@ -23,7 +23,6 @@ and off (about two minutes each on a 2-core CPU).
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -43,39 +42,7 @@ SPLIT = devices.split_cpu_host(devices.auto_cpu_devices())
 
 import jax  # noqa: E402
 
-from study_path import JaxGroup, study_config, use_random_mnist  # noqa: E402
-
-LANCZOS_STEPS, SLQ_VECTORS, HUTCHINSON_SAMPLES = 10, 2, 5
-LR_MULTIPLES = (0.5, 1.0, 2.0, 4.0)
-WEIGHT_LAYERS = 4
-
-
-def probe_config(norm, probe):
-  c = study_config(ARGS.models, norm, ARGS.steps, ARGS.scan_length)
-  c.landscape_lr_multiples = LR_MULTIPLES
-  c.curvature_batch_size = c.batch_size
-  c.lanczos_steps, c.slq_vectors, c.hutchinson_samples = (LANCZOS_STEPS, SLQ_VECTORS,
-                                                          HUTCHINSON_SAMPLES)
-  if probe:
-    c[f"{probe}_every"] = ARGS.scan_length
-  return c
-
-
-GRADIENTS = {"ics": WEIGHT_LAYERS - 1, "landscape": len(LR_MULTIPLES),
-             "curvature": 2 * (LANCZOS_STEPS * SLQ_VECTORS + HUTCHINSON_SAMPLES) + 1}
-
-
-def timed(calls: dict, repeats: int) -> dict:
-  for call in calls.values():  # warm-up: compile
-    call()
-  times = {name: [] for name in calls}
-  for _ in range(repeats):
-    for name, call in calls.items():
-      t = time.perf_counter()
-      call()
-      times[name].append(time.perf_counter() - t)
-  return {name: statistics.median(t) for name, t in times.items()}
-
+from study_path import GRADIENTS, JaxGroup, probe_config, timed, use_random_mnist  # noqa: E402
 
 def probe_table():
   use_random_mnist()
@@ -85,7 +52,8 @@ def probe_table():
   print(f"{'norm':10s} {'probe':10s} {'segment s':>9s} {'+s/event':>9s} {'grads':>6s} "
         f"{'s/step':>9s} {'ratio':>6s}")
   for norm in ARGS.norms.split(","):
-    calls = {p: JaxGroup(probe_config(norm, p)) for p in ("", *GRADIENTS)}
+    calls = {p: JaxGroup(probe_config(ARGS.models, norm, ARGS.steps, ARGS.scan_length, p))
+             for p in ("", *GRADIENTS)}
     t = timed(calls, ARGS.repeats)
     per_step = t[""] / ARGS.steps
     print(f"{norm:10s} {'(off)':10s} {t['']:9.3f}")

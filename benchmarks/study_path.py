@@ -1,6 +1,9 @@
 """The default study's code path on Ioffe's MNIST MLP with in-memory random
 data: shared by the benchmarks, which must split the CPU before importing this."""
 
+import statistics
+import time
+
 import numpy as np
 
 from configs import ioffe_mnist
@@ -54,3 +57,39 @@ class JaxGroup:
   def __call__(self):
     runner.run_segment(self.run, self.start)
     self.start += self.steps
+
+
+LANCZOS_STEPS, SLQ_VECTORS, HUTCHINSON_SAMPLES = 10, 2, 5
+LR_MULTIPLES = (0.5, 1.0, 2.0, 4.0)
+WEIGHT_LAYERS = 4
+
+
+def probe_config(k, norm, steps, scan_length, probe=""):
+  """study_config with the probe workload of issue 5, and `probe` (if any) at
+  every chunk end."""
+  c = study_config(k, norm, steps, scan_length)
+  c.landscape_lr_multiples = LR_MULTIPLES
+  c.curvature_batch_size = c.batch_size
+  c.lanczos_steps, c.slq_vectors, c.hutchinson_samples = (LANCZOS_STEPS, SLQ_VECTORS,
+                                                          HUTCHINSON_SAMPLES)
+  if probe:
+    c[f"{probe}_every"] = scan_length
+  return c
+
+
+# Gradient evaluations per probe event (benchmarks/probe_cost.py explains the count).
+GRADIENTS = {"ics": WEIGHT_LAYERS - 1, "landscape": len(LR_MULTIPLES),
+             "curvature": 2 * (LANCZOS_STEPS * SLQ_VECTORS + HUTCHINSON_SAMPLES) + 1}
+
+
+def timed(calls: dict, repeats: int) -> dict:
+  """Median seconds per call of each, interleaved, after one warm-up call each."""
+  for call in calls.values():  # warm-up: compile
+    call()
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      t = time.perf_counter()
+      call()
+      times[name].append(time.perf_counter() - t)
+  return {name: statistics.median(t) for name, t in times.items()}

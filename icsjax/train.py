@@ -389,9 +389,13 @@ class GroupProgram:
       s, _, moments, inside = step_at(state, start_step + 1, idx[0, 0])
       return {k: f() for k, (_, f) in self.due_records(s, moments, inside, hp, data,
                                                         start_step + 1).items()}
+    # Zeros that depend on this model's state: under the segment's vmap the buffers
+    # are then batched from the start, and scan batches its body (every probe
+    # included) in one pass instead of a second one for the carry that turned batched.
+    zero = state.diverged_step * 0
     bufs = {k: jax.tree_util.tree_map(
-                lambda s: jnp.zeros((run.segment_steps // run.every_of(k),) + s.shape, s.dtype),
-                shapes)
+                lambda s: jnp.zeros((run.segment_steps // run.every_of(k),) + s.shape, s.dtype)
+                + zero.astype(s.dtype), shapes)
             for k, shapes in jax.eval_shape(first_records).items()}
     (state, bufs), metrics = jax.lax.scan(one_chunk, (state, bufs), (jnp.arange(chunks), idx))
     return state, {"per_step": jax.tree_util.tree_map(lambda m: m.reshape(-1), metrics), **bufs}

@@ -1,10 +1,28 @@
-"""Shared test settings: compile fast, and a tiny study config."""
+"""Shared test settings: compile fast, compile each program once per run, run
+the slowest tests first, and a tiny study config."""
 
 import os
+import shutil
 import sys
+import tempfile
 
-import jax
-import pytest
+# Test processes (pytest -n, and the tests' own subprocesses) may share one GPU:
+# none takes most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Many tests compile the same small programs (the tiny config, in several modules
+# and in subprocesses), so this run's processes share one compilation cache:
+# the first process of the run (pytest, or pytest-xdist's controller) makes it,
+# its workers and subprocesses inherit it through the environment, and the
+# first process removes it at the end.
+OWNS_JIT_CACHE = "ICSJAX_TEST_JIT_CACHE" not in os.environ
+if OWNS_JIT_CACHE:
+  os.environ["ICSJAX_TEST_JIT_CACHE"] = tempfile.mkdtemp(prefix="icsjax-tests-jit-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["ICSJAX_TEST_JIT_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import jax  # noqa: E402  (after the environment it reads)
+import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -49,3 +67,18 @@ def tiny_config(**overrides):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: tens of seconds on 2 cores; scheduled first")
+
+
+def pytest_collection_modifyitems(items):
+  """Tests marked slow (tens of seconds each on 2 cores) first, so that parallel
+  workers (pytest -n) start them early and finish together."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_sessionfinish(session):
+  if OWNS_JIT_CACHE:
+    shutil.rmtree(os.environ["ICSJAX_TEST_JIT_CACHE"], ignore_errors=True)

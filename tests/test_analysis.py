@@ -1,6 +1,7 @@
 """icsjax.analysis.load: every record of every group, selectable by label."""
 
 import numpy as np
+import pytest
 
 from conftest import tiny_config
 from icsjax import analysis
@@ -8,6 +9,7 @@ from icsjax import runner
 from icsjax import store
 
 
+@pytest.mark.slow
 def test_load_joins_groups_and_selects_by_label(tmp_path):
   c = tiny_config(steps=20, ics_every=10, landscape_every=10)
   c.sweep.norm = ("none", "batchnorm")

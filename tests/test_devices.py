@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 from icsjax import runner
@@ -41,6 +42,7 @@ def run_python(code, **env):
                         text=True, timeout=300, env=full_env)
 
 
+@pytest.mark.slow
 def test_four_virtual_devices_match_one(tmp_path):
   tests = os.path.join(ROOT, "tests")
   out = run_python(SCRIPT.format(tests=tests, workdir=str(tmp_path / "four")))

@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 from icsjax import store
 from icsjax import summary
 
 
+@pytest.mark.slow
 def test_default_study_from_the_command_line(tmp_path):
   workdir = tmp_path / "default"
   cmd = [sys.executable, "-m", "icsjax.main", "--config=configs/default.py",

@@ -100,6 +100,7 @@ CASES = [dict(norm="batchnorm", optimizer="sgd"),
          dict(norm="none", optimizer="momentum")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c["norm"] + "-" + c["optimizer"] for c in CASES])
 def test_ics_and_landscape_match_brute_force_for_every_model(tmp_path, case):
   case = dict(case)
@@ -149,6 +150,7 @@ def dense_hessian(c, static, state_params, stats, step):
   return np.asarray(jax.hessian(lambda v: loss(unravel(v)))(flat), np.float64)
 
 
+@pytest.mark.slow
 def test_curvature_of_a_train_mode_bn_network_matches_its_dense_hessian(tmp_path):
   c = tiny_curvature_config()
   c.sweep.norm = ("batchnorm",)
@@ -189,6 +191,7 @@ def test_curvature_of_a_train_mode_bn_network_matches_its_dense_hessian(tmp_path
   assert records["model"]["eos_threshold"][0] == pytest.approx(2 / 0.02)
 
 
+@pytest.mark.slow
 def test_probes_do_not_change_training(tmp_path):
   base = dict(steps=8, scan_length=2, record_every=4, eval_every=4, segment_steps=8)
   on = tiny_config(**base, ics_every=2, landscape_every=4, curvature_every=8,
@@ -219,6 +222,7 @@ def test_model_chunks_fit_the_probe_memory():
   assert runner.group_model_chunk(6, 2, 0, 0, "gpu") == 0  # no curvature: no limit
 
 
+@pytest.mark.slow
 def test_curvature_per_model_and_in_model_chunks_equals_all_at_once(tmp_path, monkeypatch):
   c = tiny_curvature_config()
   c.sweep.norm, c.seeds, c.sweep.lr = ("batchnorm",), 2, (0.01, 0.02)

@@ -18,6 +18,9 @@ from icsjax.report import __main__ as report_main
 from icsjax.report import stats
 from icsjax.report import study_info
 
+# The module's studies are module fixtures: one worker computes them once (pytest -n).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("report_studies")]
+
 
 def _run(config, workdir):
   if "test_time_every" in config:  # a later feature; not what these tests are about

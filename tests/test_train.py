@@ -158,6 +158,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['norm']}-{c.get('arch', 'mlp')}" for c in CASES])
 def test_vmapped_group_equals_unvmapped_loop(tmp_path, case):
   case = dict(case)

@@ -3,10 +3,10 @@ quadrature (SLQ) and Hutchinson's trace (DESIGN.md B.4).
 
 Every function takes ``hvp``, a map from a vector to the Hessian times it,
 and the vectors are pytrees: a network's parameters (``tree_hvp``) or, in
-tests, one flat array with an explicit matrix. Working on the parameter tree
-itself, rather than on one raveled vector, spares every Hessian-vector
-product a split and a concatenation of all parameters. Random vectors come
-from a key; nothing here knows about models or steps.
+tests, one flat array with an explicit matrix. Products and random vectors
+work on the tree itself; Lanczos keeps its basis as one matrix of raveled
+vectors (see ``lanczos``). Random vectors come from a key; nothing here
+knows about models or steps.
 
 The compiled loop keeps Lanczos's tridiagonal matrices; their small
 eigen-decompositions (``gauss_quadrature``) run in NumPy once per segment.
@@ -16,9 +16,12 @@ two CPU devices could deadlock on.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 # A Lanczos step whose new direction keeps less than this share of |H v| has run
 # out of Krylov space (float32 rounding leaves ~1e-7 of it); it restarts there.
@@ -61,10 +64,14 @@ def lanczos(hvp, v0, steps: int, axis_name=None):
   entry couples to no further row) and the orthonormal basis, a tree of
   (steps, *leaf shape). Each step takes the three-term recurrence, then one
   classical Gram-Schmidt pass against the whole basis (Paige's full
-  reorthogonalisation): its coefficients are sums over the leaves, each
-  leaf's rows held as one (steps, leaf size) matrix. The basis is read twice
-  a step; on a CPU that reading costs about as much as the Hessian-vector
-  product.
+  reorthogonalisation). The basis is one (steps + 1, parameters) matrix of
+  raveled vectors, so that pass is two matrix-vector products: one matrix
+  per parameter leaf, which spares each product a split and a concatenation,
+  ran slower in the compiled probe on a CPU and on a GPU
+  (benchmarks/curvature_parts.py: "flat" against "no_branch"). The basis is
+  read twice a step, at float32 precision (a TF32 product would leave the
+  new vector far from orthogonal), and at batch 60 that reading costs about
+  as much as the Hessian-vector product.
 
   When the Krylov space of v0 is exhausted (an invariant subspace), the next
   direction is a new one orthogonal to the basis and its coupling is 0: T
@@ -80,55 +87,41 @@ def lanczos(hvp, v0, steps: int, axis_name=None):
   there is one, makes the test one unbatched "has any model broken down",
   so steps without a breakdown (all of them, in a real network's probe) skip it.
   """
-  leaves, treedef = jax.tree_util.tree_flatten(v0)
-  shapes = [leaf.shape for leaf in leaves]
-  dtype = leaves[0].dtype
-  flat = lambda tree: [x.reshape(-1) for x in jax.tree_util.tree_leaves(tree)]
-  as_tree = lambda rows: jax.tree_util.tree_unflatten(
-      treedef, [r.reshape(s) for r, s in zip(rows, shapes)])
-  norm = jnp.sqrt(tree_dot(v0, v0))
+  x0, unravel = ravel_pytree(v0)
+  dtype, size = x0.dtype, x0.size
+  dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
+  norm = lambda x: jnp.sqrt(dot(x, x))
   # One spare row: step j always writes row j + 1, the last one into the spare.
-  basis = [jnp.zeros((steps + 1, leaf.size), dtype).at[0].set(leaf.reshape(-1) / norm)
-           for leaf in leaves]
+  basis = jnp.zeros((steps + 1, size), dtype).at[0].set(x0 / norm(x0))
 
   def restart(basis, w, beta, broke):
     """w / beta, or where the Krylov space is exhausted a new unit direction
-    orthogonal to the basis: the least covered coordinate axis of all leaves."""
-    covered = [jnp.sum(jnp.square(b), axis=0) for b in basis]
-    axes = [jnp.argmin(c) for c in covered]
-    leaf = jnp.argmin(jnp.stack([c[a] for c, a in zip(covered, axes)]))
-    hit = [(leaf == i).astype(dtype) for i in range(len(basis))]
-    column = sum(h * b[:, a] for h, b, a in zip(hit, basis, axes))
-    axis = [h * jax.nn.one_hot(a, x.shape[0], dtype=dtype) - column @ b
-            for h, a, x, b in zip(hit, axes, w, basis)]
-    axis_norm = jnp.sqrt(tree_dot(axis, axis))
-    return [jnp.where(broke, r / axis_norm, x / jnp.where(broke, 1.0, beta))
-            for r, x in zip(axis, w)]
+    orthogonal to the basis: the least covered coordinate axis."""
+    axis = jnp.argmin(jnp.sum(jnp.square(basis), axis=0))
+    new = jax.nn.one_hot(axis, size, dtype=dtype) - dot(basis[:, axis], basis)
+    return jnp.where(broke, new / norm(new), w / jnp.where(broke, 1.0, beta))
 
   def step(j, carry):
     basis, alphas, betas = carry
-    v = [b[j] for b in basis]
-    v_prev = [b[jnp.maximum(j - 1, 0)] for b in basis]
-    w = flat(hvp(as_tree(v)))
-    scale = jnp.sqrt(tree_dot(w, w))
-    alpha = tree_dot(v, w)
+    v, v_prev = basis[j], basis[jnp.maximum(j - 1, 0)]
+    w = ravel_pytree(hvp(unravel(v)))[0]
+    scale = norm(w)
+    alpha = dot(v, w)
     beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
-    w = [x - alpha * y - beta_prev * z for x, y, z in zip(w, v, v_prev)]
-    coef = sum(b @ x for b, x in zip(basis, w))
-    w = [x - coef @ b for x, b in zip(w, basis)]
-    beta = jnp.sqrt(tree_dot(w, w))
+    w = w - alpha * v - beta_prev * v_prev
+    w = w - dot(dot(basis, w), basis)
+    beta = norm(w)
     broke = beta <= BREAKDOWN * jnp.maximum(scale, jnp.finfo(dtype).tiny)
     any_broke = broke if axis_name is None else jax.lax.psum(broke.astype(jnp.int32),
                                                              axis_name) > 0
-    nxt = jax.lax.cond(any_broke, restart, lambda b, w, beta, _: [x / beta for x in w],
+    nxt = jax.lax.cond(any_broke, restart, lambda b, w, beta, _: w / beta,
                        basis, w, beta, broke)
-    return ([b.at[j + 1].set(n) for b, n in zip(basis, nxt)],
-            alphas.at[j].set(alpha), betas.at[j].set(jnp.where(broke, 0.0, beta)))
+    return (basis.at[j + 1].set(nxt), alphas.at[j].set(alpha),
+            betas.at[j].set(jnp.where(broke, 0.0, beta)))
 
   zeros = jnp.zeros((steps,), dtype)
   basis, alphas, betas = jax.lax.fori_loop(0, steps, step, (basis, zeros, zeros))
-  return alphas, betas, jax.tree_util.tree_unflatten(
-      treedef, [b[:steps].reshape((steps,) + s) for b, s in zip(basis, shapes)])
+  return alphas, betas, jax.vmap(unravel)(basis[:steps])
 
 
 def slq(hvp, like, steps: int, vectors: int, key, axis_name=None):

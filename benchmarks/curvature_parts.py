@@ -1,0 +1,119 @@
+"""Where the curvature probe's time goes: the probe with parts of it swapped
+out, for timing only (the swapped versions compute wrong curvature).
+
+  python benchmarks/curvature_parts.py [--models=32] [--norm=none] [--parts=...]
+
+Same workload and ratio as benchmarks/probe_cost.py (K Ioffe MLPs, batch 60,
+10 Lanczos steps x 2 SLQ vectors + 5 Hutchinson samples, a probe event every
+20 steps; ratio = extra seconds per event per gradient evaluation over the
+seconds of a plain training step). Parts:
+
+  full       the probe as it is (icsjax.probes.curvature.lanczos)
+  no_branch  no breakdown test or restart branch
+  per_leaf   no_branch, with the basis as one matrix per parameter leaf instead
+             of one (steps + 1) x parameters matrix (the layout before)
+  no_reorth  no_branch and no reorthogonalisation: the three-term recurrence only
+  products   the Hessian-vector products and their dot products only
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from icsjax import devices  # noqa: E402  (imports no JAX: the split must come first)
+
+PARTS = ("full", "no_branch", "per_leaf", "no_reorth", "products")
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--models", type=int, default=32)
+parser.add_argument("--norm", default="none")
+parser.add_argument("--parts", default=",".join(PARTS))
+parser.add_argument("--repeats", type=int, default=5)
+ARGS = parser.parse_args()
+SPLIT = devices.split_cpu_host(devices.auto_cpu_devices())
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+
+from icsjax.probes import curvature  # noqa: E402
+from study_path import GRADIENTS, JaxGroup, probe_config, timed, use_random_mnist  # noqa: E402
+
+FULL = curvature.lanczos
+HIGHEST = jax.lax.Precision.HIGHEST  # as in lanczos: float32 products on a GPU too
+STEPS, EVENTS, SCAN_LENGTH = 200, 10, 20
+
+
+def three_term(hvp, v0, steps, axis_name=None, reorthogonalise=True, flat=True):
+  """Lanczos without the breakdown branch; `flat`: one basis matrix, else one per leaf."""
+  del axis_name
+  unravel = ravel_pytree(v0)[1]
+  leaves, treedef = jax.tree_util.tree_flatten(v0)
+  if flat:
+    to_rows, to_tree = (lambda tree: [ravel_pytree(tree)[0]]), (lambda rows: unravel(rows[0]))
+  else:
+    to_rows = lambda tree: [leaf.reshape(-1) for leaf in jax.tree_util.tree_leaves(tree)]
+    to_tree = lambda rows: jax.tree_util.tree_unflatten(
+        treedef, [r.reshape(leaf.shape) for r, leaf in zip(rows, leaves)])
+  norm = jnp.sqrt(curvature.tree_dot(v0, v0))
+  basis = [jnp.zeros((steps + 1, r.size)).at[0].set(r / norm) for r in to_rows(v0)]
+
+  def step(j, carry):
+    basis, alphas, betas = carry
+    v, v_prev = [b[j] for b in basis], [b[jnp.maximum(j - 1, 0)] for b in basis]
+    w = to_rows(hvp(to_tree(v)))
+    alpha = curvature.tree_dot(v, w)
+    beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
+    w = [x - alpha * y - beta_prev * z for x, y, z in zip(w, v, v_prev)]
+    if reorthogonalise:
+      coef = sum(jnp.dot(b, x, precision=HIGHEST) for b, x in zip(basis, w))
+      w = [x - jnp.dot(coef, b, precision=HIGHEST) for x, b in zip(w, basis)]
+    beta = jnp.sqrt(curvature.tree_dot(w, w))
+    return ([b.at[j + 1].set(x / beta) for b, x in zip(basis, w)],
+            alphas.at[j].set(alpha), betas.at[j].set(beta))
+
+  zeros = jnp.zeros((steps,))
+  _, alphas, betas = jax.lax.fori_loop(0, steps, step, (basis, zeros, zeros))
+  return alphas, betas, None
+
+
+def products(hvp, v0, steps, axis_name=None):
+  def step(j, carry):
+    v, alphas = carry
+    w = hvp(v)
+    alpha = curvature.tree_dot(v, w)
+    return jax.tree_util.tree_map(lambda x: x / alpha, w), alphas.at[j].set(alpha)
+  _, alphas = jax.lax.fori_loop(0, steps, step, (v0, jnp.zeros((steps,))))
+  return alphas, alphas, None
+
+
+VERSIONS = {"full": FULL, "no_branch": three_term,
+            "per_leaf": lambda *a, **k: three_term(*a, flat=False, **k),
+            "no_reorth": lambda *a, **k: three_term(*a, reorthogonalise=False, **k),
+            "products": products}
+
+
+def main():
+  use_random_mnist()
+  print(f"jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].platform} device(s) "
+        f"({SPLIT}); {ARGS.models} models, norm {ARGS.norm}, medians of {ARGS.repeats}")
+  config = lambda probe: probe_config(ARGS.models, ARGS.norm, STEPS, SCAN_LENGTH, probe)
+  calls = {"off": JaxGroup(config(""))}
+  for part in ARGS.parts.split(","):
+    curvature.lanczos = VERSIONS[part]  # read when the segment is traced, in the first call
+    calls[part] = JaxGroup(config("curvature"))
+    calls[part]()
+  curvature.lanczos = FULL
+  t = timed(calls, ARGS.repeats)
+  per_step = t["off"] / STEPS
+  print(f"{'part':10s} {'segment s':>9s} {'ratio':>6s}")
+  for part, seconds in t.items():
+    ratio = (seconds - t["off"]) / EVENTS / GRADIENTS["curvature"] / per_step
+    print(f"{part:10s} {seconds:9.3f} {'' if part == 'off' else f'{ratio:6.2f}'}")
+
+
+if __name__ == "__main__":
+  main()
