@@ -6,23 +6,21 @@ import shutil
 import sys
 import tempfile
 
+import jax
+import pytest
+
 # Test processes (pytest -n, and the tests' own subprocesses) may share one GPU:
-# none takes most of its memory up front.
+# none takes most of its memory up front (read when a GPU backend starts).
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # Many tests compile the same small programs (the tiny config, in several modules
-# and in subprocesses), so this run's processes share one compilation cache:
-# the first process of the run (pytest, or pytest-xdist's controller) makes it,
-# its workers and subprocesses inherit it through the environment, and the
-# first process removes it at the end.
-OWNS_JIT_CACHE = "ICSJAX_TEST_JIT_CACHE" not in os.environ
-if OWNS_JIT_CACHE:
-  os.environ["ICSJAX_TEST_JIT_CACHE"] = tempfile.mkdtemp(prefix="icsjax-tests-jit-")
-os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["ICSJAX_TEST_JIT_CACHE"]
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-
-import jax  # noqa: E402  (after the environment it reads)
-import pytest  # noqa: E402
+# and in subprocesses), so this run's processes share one compilation cache. The
+# pytest process (pytest-xdist's controller, under -n) makes it in
+# pytest_configure and deletes it at the end; its workers and the tests'
+# subprocesses inherit it through the environment.
+JIT_CACHE = "ICSJAX_TEST_JIT_CACHE"
+JIT_CACHE_SETTINGS = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+OWNS_JIT_CACHE = False
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -69,8 +67,25 @@ def tiny():
   return tiny_config
 
 
+def use_jit_cache(path):
+  """This process's compilations, and its subprocesses' (JAX reads the
+  environment at import), go through the cache at path."""
+  os.environ.update({JIT_CACHE: path, "JAX_COMPILATION_CACHE_DIR": path, **JIT_CACHE_SETTINGS})
+  jax.config.update("jax_compilation_cache_dir", path)
+  for name, value in JIT_CACHE_SETTINGS.items():
+    jax.config.update(name.lower(), int(value))
+
+
+if JIT_CACHE in os.environ:  # a worker or a subprocess of this run
+  use_jit_cache(os.environ[JIT_CACHE])
+
+
 def pytest_configure(config):
+  global OWNS_JIT_CACHE
   config.addinivalue_line("markers", "slow: tens of seconds on 2 cores; scheduled first")
+  if JIT_CACHE not in os.environ:
+    OWNS_JIT_CACHE = True
+    use_jit_cache(tempfile.mkdtemp(prefix="icsjax-tests-jit-"))
 
 
 def pytest_collection_modifyitems(items):
@@ -81,4 +96,4 @@ def pytest_collection_modifyitems(items):
 
 def pytest_sessionfinish(session):
   if OWNS_JIT_CACHE:
-    shutil.rmtree(os.environ["ICSJAX_TEST_JIT_CACHE"], ignore_errors=True)
+    shutil.rmtree(os.environ[JIT_CACHE], ignore_errors=True)
