@@ -44,6 +44,7 @@ import jax  # noqa: E402
 
 from study_path import GRADIENTS, JaxGroup, probe_config, timed, use_random_mnist  # noqa: E402
 
+
 def probe_table():
   use_random_mnist()
   events = ARGS.steps // ARGS.scan_length

@@ -68,10 +68,10 @@ def lanczos(hvp, v0, steps: int, axis_name=None):
   raveled vectors, so that pass is two matrix-vector products: one matrix
   per parameter leaf, which spares each product a split and a concatenation,
   ran slower in the compiled probe on a CPU and on a GPU
-  (benchmarks/curvature_parts.py: "flat" against "no_branch"). The basis is
-  read twice a step, at float32 precision (a TF32 product would leave the
-  new vector far from orthogonal), and at batch 60 that reading costs about
-  as much as the Hessian-vector product.
+  (benchmarks/curvature_parts.py: "per_leaf" against "no_branch"). The basis
+  is read twice a step, at float32 precision (a TF32 product would leave the
+  new vector far from orthogonal); at batch 60 that reading costs about 40%
+  of what the Hessian-vector products cost.
 
   When the Krylov space of v0 is exhausted (an invariant subspace), the next
   direction is a new one orthogonal to the basis and its coupling is 0: T
