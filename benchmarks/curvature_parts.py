@@ -9,7 +9,7 @@ Same workload and ratio as benchmarks/probe_cost.py (K Ioffe MLPs, batch 60,
 seconds of a plain training step). Parts:
 
   full       the probe as it is (icsjax.probes.curvature.lanczos)
-  no_branch  no breakdown test or restart branch
+  no_branch  no breakdown test or restart (a select in the probe; a branch before)
   per_leaf   no_branch, with the basis as one matrix per parameter leaf instead
              of one (steps + 1) x parameters matrix (the layout before)
   no_reorth  no_branch and no reorthogonalisation: the three-term recurrence only
@@ -45,9 +45,8 @@ HIGHEST = jax.lax.Precision.HIGHEST  # as in lanczos: float32 products on a GPU 
 STEPS, EVENTS, SCAN_LENGTH = 200, 10, 20
 
 
-def three_term(hvp, v0, steps, axis_name=None, reorthogonalise=True, flat=True):
+def three_term(hvp, v0, steps, reorthogonalise=True, flat=True):
   """Lanczos without the breakdown branch; `flat`: one basis matrix, else one per leaf."""
-  del axis_name
   unravel = ravel_pytree(v0)[1]
   leaves, treedef = jax.tree_util.tree_flatten(v0)
   if flat:
@@ -78,7 +77,7 @@ def three_term(hvp, v0, steps, axis_name=None, reorthogonalise=True, flat=True):
   return alphas, betas, None
 
 
-def products(hvp, v0, steps, axis_name=None):
+def products(hvp, v0, steps):
   def step(j, carry):
     v, alphas = carry
     w = hvp(v)

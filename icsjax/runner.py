@@ -83,10 +83,13 @@ def group_model_chunk(num_models: int, devices: int, bytes_per_model: int,
   return 0 if chunk == share and backend != "cpu" else chunk
 
 
-def curvature_per_model(backend: str) -> bool:
-  """Whether the curvature probe runs one model per device at a time
-  (train.one_model_per_device): on a CPU, where a model's Lanczos basis then
-  stays in cache. An accelerator probes its whole share at once."""
+def probes_in_sequence(backend: str) -> bool:
+  """Whether the probes work in sequence (train.GroupProgram.probes_in_sequence):
+  on a CPU, where a model's Lanczos basis and an evaluation's work arrays then
+  stay in cache. An accelerator probes its whole share, and each probe's
+  evaluations, at once: on one H200 the landscape probe of 32 MLPs cost 1.46x
+  its gradients in sequence (a loop iteration per eta) and 0.76x at once, the
+  curvature probe 1.49x and 1.23x (benchmarks/probe_cost.py)."""
   return backend == "cpu"
 
 
@@ -112,15 +115,15 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
       placed[key, devices] = loaded[key] if sharding is None else jax.device_put(
           loaded[key], jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
     ds = placed[key, devices]
-    per_model = curvature_per_model(jax.default_backend())
+    in_sequence = probes_in_sequence(jax.default_backend())
     program = train.GroupProgram(static=g.static, run=run_spec, task=ds.task,
                                  num_outputs=ds.num_outputs, input_shape=ds.input_shape,
                                  num_train=ds.num_train, num_test=ds.num_test, devices=devices,
-                                 curvature_per_model=per_model)
+                                 probes_in_sequence=in_sequence)
     probe_bytes = 0
-    if run_spec.curvature_every and not per_model:  # else one basis per device at a time
-      probe_bytes = probes.curvature_bytes_per_model(program.num_params,
-                                                     run_spec.lanczos_steps)
+    if run_spec.curvature_every and not in_sequence:  # else one basis per device at a time
+      probe_bytes = probes.curvature_bytes_per_model(program.num_params, run_spec.lanczos_steps,
+                                                     run_spec.slq_vectors)
     program = dataclasses.replace(program, model_chunk=group_model_chunk(
         g.size, devices, probe_bytes, probe_memory_bytes(study.config), jax.default_backend()))
     hparams = {k: jnp.asarray(pad_models(np.asarray(v, np.float32), devices))

@@ -38,9 +38,6 @@ KEY_INIT, KEY_DATA, KEY_NOISE = 0, 1, 2
 # Purposes folded into a model's (noise key, step): the step's own noise, the
 # monitor pass, the curvature probe's frozen noise and its random vectors.
 DRAW_STEP, DRAW_MONITOR, DRAW_CURVATURE_NOISE, DRAW_CURVATURE_VECTORS = 0, 1, 2, 3
-# The vmapped model axis of a segment, and the device axis of a curvature round
-# that probes one model per device (GroupProgram.curvature_per_model).
-MODEL_AXIS, DEVICE_AXIS = "model", "device"
 
 
 class ModelState(struct.PyTreeNode):
@@ -179,8 +176,10 @@ class GroupProgram:
   num_test: int
   devices: int = 1      # devices the model axis is sharded over, in contiguous blocks
   model_chunk: int = 0  # models a device trains at a time (0: all of its share)
-  # Curvature probe one model per device at a time (CPU: a Lanczos basis stays in cache).
-  curvature_per_model: bool = False
+  # Probes in sequence (CPU: work arrays stay in cache): the curvature probe one model
+  # per device at a time, and each probe's evaluations one after another
+  # (probes.evaluations). Else all at once (accelerators).
+  probes_in_sequence: bool = False
 
   @property
   def model(self) -> nn.Module:
@@ -329,9 +328,9 @@ class GroupProgram:
     args = (hp, state.params, state.batch_stats, data.train_x[:b], data.train_y[:b],
             self.noise_key(state, step, DRAW_CURVATURE_NOISE),
             self.draw_key(state, step, DRAW_CURVATURE_VECTORS))
-    probe = lambda axis_name: lambda *a: probes.curvature_records(self, *a, self.run, axis_name)
-    if not self.curvature_per_model:
-      return probe(MODEL_AXIS)(*args)
+    probe = lambda *a: probes.curvature_records(self, *a, self.run)
+    if not self.probes_in_sequence:
+      return probe(*args)
     return one_model_per_device(probe, self.devices)(*args)
 
   def due_records(self, state: ModelState, moments, inside, hp, data, step) -> dict:
@@ -421,8 +420,7 @@ class GroupProgram:
           jnp.arange(self.run.seeds))
       per_seed = jax.vmap(lambda k: segment_batch_indices(
           k, start_step, self.run.segment_steps, self.static["batch_size"], self.num_train))(keys)
-      train_models = jax.vmap(self.segment_one, in_axes=(0, 0, 0, None, None),
-                              axis_name=MODEL_AXIS)
+      train_models = jax.vmap(self.segment_one, in_axes=(0, 0, 0, None, None))
       xs = (states, hp, per_seed[model_seeds])
       if not self.model_chunk:
         return train_models(*xs, data, start_step)
@@ -467,10 +465,10 @@ def _in_chunks(fn, tree, devices: int, chunk: int):
   return jax.tree_util.tree_map(ungroup, out)
 
 
-def one_model_per_device(fn_of_axis, devices: int):
-  """fn_of_axis(None), which when vmapped over a segment's model axis (devices
+def one_model_per_device(fn, devices: int):
+  """fn of one model, which when vmapped over a segment's model axis (devices
   contiguous blocks) runs one model per device at a time: lax.map over each
-  device's models, and fn_of_axis(DEVICE_AXIS) vmapped over the devices.
+  device's models, and fn vmapped over the devices.
 
   Inside the segment's vmap a function sees one model and cannot loop over
   the models itself; custom_vmap hands it the model axis. On 2 CPU cores the
@@ -478,8 +476,7 @@ def one_model_per_device(fn_of_axis, devices: int):
   count, one at a time 1.34x: one model's Lanczos basis stays in cache
   (benchmarks/probe_cost.py).
   """
-  fn = fn_of_axis(DEVICE_AXIS)
-  batched_fn = jax.custom_batching.custom_vmap(fn_of_axis(None))
+  batched_fn = jax.custom_batching.custom_vmap(fn)
 
   @batched_fn.def_vmap
   def rule(axis_size, in_batched, *args):
@@ -492,7 +489,7 @@ def one_model_per_device(fn_of_axis, devices: int):
         it = iter(batched)
         return fn(*jax.tree_util.tree_unflatten(
             treedef, [next(it) if f else leaf for leaf, f in zip(leaves, flags)]))
-      return jax.vmap(one, axis_name=DEVICE_AXIS)(*batched_leaves)
+      return jax.vmap(one)(*batched_leaves)
 
     out = _in_chunks(on_devices, [leaf for leaf, f in zip(leaves, flags) if f], devices, 1)
     return out, jax.tree_util.tree_map(lambda _: True, out)

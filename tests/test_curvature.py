@@ -163,3 +163,13 @@ def test_rademacher_entries_are_fair_independent_signs():
     assert abs(np.mean(flat[:-lag] * flat[lag:])) < 4 / np.sqrt(n), lag
   other = curvature.rademacher(jax.random.PRNGKey(11), like)
   assert abs(np.mean(np.asarray(other["w"]).ravel() * np.asarray(z["w"]).ravel())) < 4 / np.sqrt(n)
+
+
+def test_slq_and_hutchinson_at_once_equal_them_in_sequence():
+  a = NEGATIVE_DOMINANT
+  key = jax.random.PRNGKey(7)
+  runs = [(curvature.slq(matrix_hvp(a), jnp.zeros(len(a)), 6, 3, key, in_sequence),
+           curvature.hutchinson_trace(matrix_hvp(a), jnp.zeros(len(a)), 5, key, in_sequence))
+          for in_sequence in (True, False)]
+  for got, want in zip(jax.tree_util.tree_leaves(runs[1]), jax.tree_util.tree_leaves(runs[0])):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)

@@ -95,16 +95,19 @@ def reference_probes(c, static, hp, seed, owner):
   return {k: np.array(v) for k, v in out.items()}
 
 
-CASES = [dict(norm="batchnorm", optimizer="sgd"),
-         dict(norm="noisy_batchnorm", optimizer="adam", adam_eps=1e-3),
-         dict(norm="none", optimizer="momentum")]
+# in_sequence: the probes' evaluations one after another (a CPU) or at once (an accelerator).
+CASES = [dict(norm="batchnorm", optimizer="sgd", in_sequence=True),
+         dict(norm="noisy_batchnorm", optimizer="adam", adam_eps=1e-3, in_sequence=False),
+         dict(norm="none", optimizer="momentum", in_sequence=True)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES, ids=[c["norm"] + "-" + c["optimizer"] for c in CASES])
-def test_ics_and_landscape_match_brute_force_for_every_model(tmp_path, case):
+@pytest.mark.parametrize("case", CASES, ids=[
+    c["norm"] + "-" + c["optimizer"] + ("" if c["in_sequence"] else "-at_once") for c in CASES])
+def test_ics_and_landscape_match_brute_force_for_every_model(tmp_path, monkeypatch, case):
   case = dict(case)
-  norm = case.pop("norm")
+  norm, in_sequence = case.pop("norm"), case.pop("in_sequence")
+  monkeypatch.setattr(runner, "probes_in_sequence", lambda backend: in_sequence)
   c = tiny_config(steps=6, scan_length=2, record_every=6, eval_every=6, segment_steps=6,
                   ics_every=2, landscape_every=2, landscape_lr_multiples=(0.5, 1.0, 4.0),
                   **case)
@@ -223,16 +226,19 @@ def test_model_chunks_fit_the_probe_memory():
 
 
 @pytest.mark.slow
-def test_curvature_per_model_and_in_model_chunks_equals_all_at_once(tmp_path, monkeypatch):
+def test_curvature_in_sequence_at_once_and_in_model_chunks_agree(tmp_path, monkeypatch):
+  """In sequence (this CPU: one model per device, SLQ vectors and Hutchinson samples
+  one after another), at once (accelerators) and in memory-sized model chunks."""
   c = tiny_curvature_config()
   c.sweep.norm, c.seeds, c.sweep.lr = ("batchnorm",), 2, (0.01, 0.02)
   build = lambda: runner.build_group_runs(runner.study_lib.expand(c))[0].program
-  assert build().curvature_per_model  # this CPU: one model per device at a time
+  assert build().probes_in_sequence
   (per_model,) = quiet_run(c, tmp_path / "per_model").values()
-  monkeypatch.setattr(runner, "curvature_per_model", lambda backend: False)
-  assert not build().curvature_per_model and build().model_chunk == 4
+  monkeypatch.setattr(runner, "probes_in_sequence", lambda backend: False)
+  at_once = build()
+  assert not at_once.probes_in_sequence and at_once.model_chunk == 4 // at_once.devices
   (whole,) = quiet_run(c, tmp_path / "whole").values()
-  bytes_per_model = runner.probes.curvature_bytes_per_model(59, c.lanczos_steps)
+  bytes_per_model = runner.probes.curvature_bytes_per_model(59, c.lanczos_steps, c.slq_vectors)
   monkeypatch.setattr(runner, "probe_memory_bytes", lambda config: bytes_per_model)
   assert build().model_chunk == 1
   (chunked,) = quiet_run(c, tmp_path / "chunked").values()

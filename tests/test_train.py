@@ -289,14 +289,12 @@ def test_one_model_per_device_maps_each_devices_models_in_turn():
   k, devices = 8, 2
   per_device = k // devices
 
-  def fn_of_axis(axis_name):  # per model: the sum over the models of its round
-    return lambda x, scale: scale * (x if axis_name is None else jax.lax.psum(x, axis_name))
-
+  fn = lambda x, scale: scale * x + jnp.sin(x)
   x = jnp.arange(k, dtype=jnp.float32) ** 2
-  out = np.asarray(jax.vmap(train.one_model_per_device(fn_of_axis, devices),
-                            in_axes=(0, None))(x, 3.0))
-  # Round r holds model r of each device: models r, per_device + r, ...
-  expected = [3.0 * sum(x[d * per_device + m % per_device] for d in range(devices))
-              for m in range(k)]
-  np.testing.assert_allclose(out, expected)
-  assert float(train.one_model_per_device(fn_of_axis, devices)(x[2], 3.0)) == 3.0 * x[2]
+  batched = jax.vmap(train.one_model_per_device(fn, devices), in_axes=(0, None))
+  np.testing.assert_allclose(np.asarray(batched(x, 3.0)), 3.0 * x + np.sin(x), rtol=1e-6)
+  # One lax.map over per_device rounds, each round one model of each device.
+  scans = [e for e in jax.make_jaxpr(batched)(x, 3.0).eqns if e.primitive.name == "scan"]
+  assert [e.params["length"] for e in scans] == [per_device]
+  assert float(train.one_model_per_device(fn, devices)(x[2], 3.0)) == pytest.approx(
+      3.0 * float(x[2]) + np.sin(float(x[2])), rel=1e-6)

@@ -40,40 +40,40 @@ def ics_records(program, hp, inside: StepInternals):
   grad_fn = jax.grad(lambda p: program.loss(p, inside.batch_stats, inside.x, inside.y, hp,
                                             inside.noise_key)[0])
   return gradient_ics(grad_fn, inside.params, optax.apply_updates(inside.params, inside.updates),
-                      inside.grads, program.weight_layers)
+                      inside.grads, program.weight_layers, program.probes_in_sequence)
 
 
 def landscape_records(program, hp, inside: StepInternals, lr_multiples):
   loss_and_grad = jax.value_and_grad(
       lambda p: program.loss(p, inside.batch_stats, inside.x, inside.y, hp, inside.noise_key)[0])
   return along_update(loss_and_grad, inside.params, inside.updates, inside.loss, inside.grads,
-                      lr_multiples)
+                      lr_multiples, program.probes_in_sequence)
 
 
-def curvature_records(program, hp, params, batch_stats, x, y, noise_key, vector_key, run,
-                      axis_name=None):
+def curvature_records(program, hp, params, batch_stats, x, y, noise_key, vector_key, run):
   """Lanczos tridiagonals (SLQ), trace and per-layer norms on the probe batch
   (x, y), train mode, noise frozen at noise_key. The spectrum itself comes
-  from the tridiagonals on the host (``curvature.spectrum_records``).
-  axis_name: the vmapped model axis, if any (``curvature.lanczos``)."""
+  from the tridiagonals on the host (``curvature.spectrum_records``)."""
   loss_fn = lambda p: program.loss(p, batch_stats, x, y, hp, noise_key)[0]
   hvp = curvature_lib.tree_hvp(loss_fn, params)
   k_slq, k_trace = jax.random.split(vector_key)
+  in_sequence = program.probes_in_sequence
   alphas, betas = curvature_lib.slq(hvp, params, run.lanczos_steps, run.slq_vectors, k_slq,
-                                    axis_name)
+                                    in_sequence)
   loss, grads = jax.value_and_grad(loss_fn)(params)
   kernel_norm = lambda tree: jnp.stack([jnp.linalg.norm(tree[name]["kernel"].ravel())
                                         for name in program.weight_layers])
   return {"lanczos_alpha": alphas, "lanczos_beta": betas,
           "hessian_trace": curvature_lib.hutchinson_trace(hvp, params, run.hutchinson_samples,
-                                                          k_trace),
+                                                          k_trace, in_sequence),
           "probe_loss": loss, "probe_grad_norm": kernel_norm(grads),
           "weight_norm": kernel_norm(params)}
 
 
-def curvature_bytes_per_model(num_params: int, lanczos_steps: int) -> int:
-  """Memory the curvature probe holds per model: its Lanczos basis, with slack."""
-  return int(CURVATURE_MEMORY_FACTOR * 4 * lanczos_steps * num_params)
+def curvature_bytes_per_model(num_params: int, lanczos_steps: int, bases: int = 1) -> int:
+  """Memory the curvature probe holds per model: its Lanczos bases (one per SLQ
+  vector at once), with slack."""
+  return int(CURVATURE_MEMORY_FACTOR * 4 * lanczos_steps * num_params * bases)
 
 
 def eos_threshold(optimizer: str, lr, momentum):

@@ -23,9 +23,13 @@ import numpy as np
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from icsjax.probes.evaluations import each
+
 # A Lanczos step whose new direction keeps less than this share of |H v| has run
-# out of Krylov space (float32 rounding leaves ~1e-7 of it); it restarts there.
-BREAKDOWN = 1e-4
+# out of Krylov space; it restarts there. In float32 an exhausted space still
+# leaves up to ~1e-4 of |H v| (a 12 x 12 test matrix with a 6-fold eigenvalue),
+# and a coupling this small, zeroed, moves no Ritz value by more than it.
+BREAKDOWN = 1e-3
 
 
 def tree_hvp(loss_fn, params):
@@ -56,7 +60,7 @@ def rademacher(key, like, dtype=jnp.float32):
       signs[o:o + n].reshape(np.shape(leaf)) for o, n, leaf in zip(offsets, sizes, leaves)])
 
 
-def lanczos(hvp, v0, steps: int, axis_name=None):
+def lanczos(hvp, v0, steps: int):
   """Lanczos tridiagonalisation with full reorthogonalisation.
 
   v0 is a tree (a flat vector is a tree of one leaf). Returns (alphas,
@@ -70,53 +74,48 @@ def lanczos(hvp, v0, steps: int, axis_name=None):
   ran slower in the compiled probe on a CPU and on a GPU
   (benchmarks/curvature_parts.py: "per_leaf" against "no_branch"). The basis
   is read twice a step, at float32 precision (a TF32 product would leave the
-  new vector far from orthogonal); at batch 60 that reading costs about 40%
-  of what the Hessian-vector products cost.
+  new vector far from orthogonal); that reading is a memory-bound share of a
+  step as large as the three-term recurrence and the products' overhead.
 
-  When the Krylov space of v0 is exhausted (an invariant subspace), the next
-  direction is a new one orthogonal to the basis and its coupling is 0: T
-  becomes block diagonal, every Ritz value stays a true eigenvalue estimate,
-  and the quadrature weights of v0 (first components) fall on the first block.
-  That direction is the coordinate axis the basis covers least (covered: the
-  basis's squared entries summed over rows, so its residual is at least
-  (dim - rows) / dim > 0), projected out of the basis. (A random vector would
-  cost a random number per parameter.)
-
-  Under vmap a branch on a batched value computes both sides, and the restart
-  side reads the basis twice more: axis_name, the vmapped model axis when
-  there is one, makes the test one unbatched "has any model broken down",
-  so steps without a breakdown (all of them, in a real network's probe) skip it.
+  When the Krylov space of v0 is exhausted (an invariant subspace: the
+  recurrence leaves less than BREAKDOWN of |H v|), the next direction is a new
+  one orthogonal to the basis and its coupling is 0: T becomes block
+  diagonal, every Ritz value stays a true eigenvalue estimate, and the
+  quadrature weights of v0 (first components) fall on the first block. That
+  direction is the least covered of the first 2 (steps + 1) coordinate axes
+  (covered: the basis's squared entries summed over rows; at most j + 1 rows
+  share a total coverage of j + 1, so the axis keeps at least half of its
+  length, or (dim - rows) / dim when dim is smaller), projected out of the
+  basis by the same Gram-Schmidt pass as any other step. A select, not a
+  branch, picks it: under vmap a branch on a per-model value runs both sides,
+  and one on an "any model" value costs a collective and, on a GPU, a host
+  round trip every step.
   """
   x0, unravel = ravel_pytree(v0)
   dtype, size = x0.dtype, x0.size
+  candidates = min(size, 2 * (steps + 1))
   dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
-  norm = lambda x: jnp.sqrt(dot(x, x))
   # One spare row: step j always writes row j + 1, the last one into the spare.
-  basis = jnp.zeros((steps + 1, size), dtype).at[0].set(x0 / norm(x0))
-
-  def restart(basis, w, beta, broke):
-    """w / beta, or where the Krylov space is exhausted a new unit direction
-    orthogonal to the basis: the least covered coordinate axis."""
-    axis = jnp.argmin(jnp.sum(jnp.square(basis), axis=0))
-    new = jax.nn.one_hot(axis, size, dtype=dtype) - dot(basis[:, axis], basis)
-    return jnp.where(broke, new / norm(new), w / jnp.where(broke, 1.0, beta))
+  basis = jnp.zeros((steps + 1, size), dtype).at[0].set(x0 / jnp.sqrt(dot(x0, x0)))
 
   def step(j, carry):
     basis, alphas, betas = carry
     v, v_prev = basis[j], basis[jnp.maximum(j - 1, 0)]
     w = ravel_pytree(hvp(unravel(v)))[0]
-    scale = norm(w)
     alpha = dot(v, w)
     beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
     w = w - alpha * v - beta_prev * v_prev
-    w = w - dot(dot(basis, w), basis)
-    beta = norm(w)
-    broke = beta <= BREAKDOWN * jnp.maximum(scale, jnp.finfo(dtype).tiny)
-    any_broke = broke if axis_name is None else jax.lax.psum(broke.astype(jnp.int32),
-                                                             axis_name) > 0
-    nxt = jax.lax.cond(any_broke, restart, lambda b, w, beta, _: w / beta,
-                       basis, w, beta, broke)
-    return (basis.at[j + 1].set(nxt), alphas.at[j].set(alpha),
+    coefficients, rest = dot(basis, w), dot(w, w)
+    # What the Gram-Schmidt pass will leave of w (Pythagoras), against |H v|^2 =
+    # alpha^2 + beta_prev^2 + |w|^2 (w is orthogonal to v and v_prev).
+    broke = rest - dot(coefficients, coefficients) <= BREAKDOWN ** 2 * jnp.maximum(
+        alpha ** 2 + beta_prev ** 2 + rest, jnp.finfo(dtype).tiny)
+    axis = jnp.argmin(jnp.sum(jnp.square(basis[:, :candidates]), axis=0))
+    # The restart axis's coefficients are its column of the basis.
+    w = (jnp.where(broke, (jnp.arange(size) == axis).astype(dtype), w)
+         - dot(jnp.where(broke, basis[:, axis], coefficients), basis))
+    beta = jnp.sqrt(dot(w, w))
+    return (basis.at[j + 1].set(w / beta), alphas.at[j].set(alpha),
             betas.at[j].set(jnp.where(broke, 0.0, beta)))
 
   zeros = jnp.zeros((steps,), dtype)
@@ -124,17 +123,18 @@ def lanczos(hvp, v0, steps: int, axis_name=None):
   return alphas, betas, jax.vmap(unravel)(basis[:steps])
 
 
-def slq(hvp, like, steps: int, vectors: int, key, axis_name=None):
+def slq(hvp, like, steps: int, vectors: int, key, in_sequence: bool = True):
   """Stochastic Lanczos quadrature (Ghorbani et al. 2019), the compiled part.
 
   Returns (alphas, betas), each (vectors, steps): the tridiagonal matrix of
   each Rademacher start vector (a tree shaped like `like`);
   ``gauss_quadrature`` turns them into the density. Vectors run one after
-  another, so only one basis is held.
+  another (one basis held) or, with in_sequence False, all at once
+  (``evaluations.each``).
   """
   def one(k):
-    return lanczos(hvp, rademacher(k, like), steps, axis_name)[:2]
-  return jax.lax.map(one, jax.random.split(key, vectors))
+    return lanczos(hvp, rademacher(k, like), steps)[:2]
+  return each(one, jax.random.split(key, vectors), in_sequence)
 
 
 def tridiagonal(alphas, betas) -> np.ndarray:
@@ -169,13 +169,13 @@ def spectrum_records(alphas, betas) -> dict:
           "hessian_lambda_min": nodes.min(axis=(-2, -1)).astype(np.float32)}
 
 
-def hutchinson_trace(hvp, like, samples: int, key):
+def hutchinson_trace(hvp, like, samples: int, key, in_sequence: bool = True):
   """Hutchinson's estimate of tr(H): the mean of z^T H z over Rademacher z
-  shaped like `like`."""
+  shaped like `like`, the samples in sequence or at once (``evaluations.each``)."""
   def one(k):
     z = rademacher(k, like)
     return tree_dot(z, hvp(z))
-  return jnp.mean(jax.lax.map(one, jax.random.split(key, samples)))
+  return jnp.mean(each(one, jax.random.split(key, samples), in_sequence))
 
 
 def moments(nodes, weights, orders):

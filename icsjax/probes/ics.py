@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from icsjax.probes.evaluations import each
+
 
 def layer_of(param_name: str, weight_layers: tuple[str, ...]) -> int:
   """Index of the weight layer that owns a top-level parameter collection
@@ -37,22 +39,25 @@ def change(g, g_new):
   return jnp.stack([diff, diff / norm, jnp.vdot(g, g_new) / (norm * norm_new)])
 
 
-def gradient_ics(grad_fn, params, new_params, grads, weight_layers: tuple[str, ...]):
+def gradient_ics(grad_fn, params, new_params, grads, weight_layers: tuple[str, ...],
+                 in_sequence: bool = True):
   """Per weight layer: {ics_grad_diff, ics_grad_diff_relative, ics_grad_cosine}, (layer,).
 
   grad_fn(params) is the step's train-mode gradient function with its noise
   fixed; grads = grad_fn(params), already computed by the training step. The
-  layers run in sequence under lax.map, one full gradient each, so a deep
-  network compiles one gradient rather than one per layer. The first layer has
-  no layer before it: G' = G there exactly, at no cost.
+  layers take one full gradient each, in sequence or at once
+  (``evaluations.each``); either way a deep network compiles one gradient
+  rather than one per layer. The first layer has no layer before it: G' = G
+  there exactly, at no cost.
   """
   def layer_change(i):
     g_new = grad_fn(mixed_params(params, new_params, i, weight_layers))
-    # i comes from lax.map, never a batched value: the switch runs one branch.
+    # In sequence the switch runs one branch; at once (i batched) a select of
+    # every layer's three numbers.
     return jax.lax.switch(i, [lambda n=n: change(grads[n]["kernel"], g_new[n]["kernel"])
                               for n in weight_layers])
 
   first = jnp.array([0.0, 0.0, 1.0], grads[weight_layers[0]]["kernel"].dtype)
-  rest = jax.lax.map(layer_change, jnp.arange(1, len(weight_layers)))
+  rest = each(layer_change, jnp.arange(1, len(weight_layers)), in_sequence)
   diff, rel, cos = jnp.concatenate([first[None], rest]).T
   return {"ics_grad_diff": diff, "ics_grad_diff_relative": rel, "ics_grad_cosine": cos}

@@ -12,22 +12,24 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from icsjax.probes.evaluations import each
+
 
 def tree_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def along_update(loss_and_grad_fn, params, update, base_loss, base_grads,
-                 lr_multiples: tuple[float, ...]):
-  """Landscape records of one step. The etas run in sequence under lax.map (one
-  gradient each; vmapping over them cost more in a prototype)."""
+                 lr_multiples: tuple[float, ...], in_sequence: bool = True):
+  """Landscape records of one step, a gradient per eta: the etas in sequence or
+  at once (``evaluations.each``)."""
   def at(c):
     point = jax.tree_util.tree_map(lambda p, u: p + c * u, params, update)
     loss, grads = loss_and_grad_fn(point)
     return loss, tree_norm(jax.tree_util.tree_map(jnp.subtract, base_grads, grads))
 
   multiples = jnp.asarray(lr_multiples, base_loss.dtype)
-  losses, grad_diffs = jax.lax.map(at, multiples)
+  losses, grad_diffs = each(at, multiples, in_sequence)
   update_norm = tree_norm(update)
   all_losses = jnp.concatenate([base_loss[None], losses])
   return {"landscape_loss": losses,
