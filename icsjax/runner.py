@@ -123,7 +123,8 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
     probe_bytes = 0
     if run_spec.curvature_every and not in_sequence:  # else one basis per device at a time
       probe_bytes = probes.curvature_bytes_per_model(program.num_params, run_spec.lanczos_steps,
-                                                     run_spec.slq_vectors)
+                                                     run_spec.slq_vectors,
+                                                     run_spec.hutchinson_samples)
     program = dataclasses.replace(program, model_chunk=group_model_chunk(
         g.size, devices, probe_bytes, probe_memory_bytes(study.config), jax.default_backend()))
     hparams = {k: jnp.asarray(pad_models(np.asarray(v, np.float32), devices))

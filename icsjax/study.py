@@ -213,7 +213,8 @@ FIELDS: dict[str, Field] = {
     "lanczos_steps": Field("run", _int(1), "Lanczos steps per SLQ vector (Hessian-vector products)"),
     "slq_vectors": Field("run", _int(1), "random start vectors of the spectral density"),
     "hutchinson_samples": Field("run", _int(1), "Rademacher vectors of the trace estimate"),
-    "probe_memory_mb": Field("run", _int(0), "accelerator memory per device for Lanczos bases; "
+    "probe_memory_mb": Field("run", _int(0), "accelerator memory per device for the curvature "
+                             "probe's Lanczos bases and Hutchinson vectors; "
                              "models are probed in chunks that fit (0: a quarter of the "
                              "device's, else 2 GiB; a CPU probes one model per device at a time)"),
     # test time (DESIGN.md B.7; icsjax.test_time)

@@ -223,6 +223,9 @@ def test_model_chunks_fit_the_probe_memory():
   assert chunk(8, 10 * per_model, "cpu") == 4  # CPU: cache-sized chunks still
   assert chunk(8, 3 * per_model, "cpu") == 2
   assert runner.group_model_chunk(6, 2, 0, 0, "gpu") == 0  # no curvature: no limit
+  # At once: a basis per SLQ vector, or each Hutchinson sample's vector and product.
+  assert runner.probes.curvature_bytes_per_model(59, 20, 2) == 2 * per_model
+  assert runner.probes.curvature_bytes_per_model(59, 20, 1, 30) == 3 * per_model
 
 
 @pytest.mark.slow
@@ -238,7 +241,8 @@ def test_curvature_in_sequence_at_once_and_in_model_chunks_agree(tmp_path, monke
   at_once = build()
   assert not at_once.probes_in_sequence and at_once.model_chunk == 4 // at_once.devices
   (whole,) = quiet_run(c, tmp_path / "whole").values()
-  bytes_per_model = runner.probes.curvature_bytes_per_model(59, c.lanczos_steps, c.slq_vectors)
+  bytes_per_model = runner.probes.curvature_bytes_per_model(59, c.lanczos_steps, c.slq_vectors,
+                                                            c.hutchinson_samples)
   monkeypatch.setattr(runner, "probe_memory_bytes", lambda config: bytes_per_model)
   assert build().model_chunk == 1
   (chunked,) = quiet_run(c, tmp_path / "chunked").values()

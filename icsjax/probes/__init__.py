@@ -70,10 +70,14 @@ def curvature_records(program, hp, params, batch_stats, x, y, noise_key, vector_
           "weight_norm": kernel_norm(params)}
 
 
-def curvature_bytes_per_model(num_params: int, lanczos_steps: int, bases: int = 1) -> int:
-  """Memory the curvature probe holds per model: its Lanczos bases (one per SLQ
-  vector at once), with slack."""
-  return int(CURVATURE_MEMORY_FACTOR * 4 * lanczos_steps * num_params * bases)
+def curvature_bytes_per_model(num_params: int, lanczos_steps: int, slq_vectors: int = 1,
+                              hutchinson_samples: int = 0) -> int:
+  """Memory the curvature probe holds per model, with slack: its Lanczos bases
+  (slq_vectors of them, when the vectors run at once) or, if larger, the
+  vector and product of each of hutchinson_samples run at once (Hutchinson
+  follows SLQ, so the two take turns with the memory)."""
+  floats = max(lanczos_steps * slq_vectors, 2 * hutchinson_samples) * num_params
+  return int(CURVATURE_MEMORY_FACTOR * 4 * floats)
 
 
 def eos_threshold(optimizer: str, lr, momentum):
