@@ -46,7 +46,8 @@ STEPS, EVENTS, SCAN_LENGTH = 200, 10, 20
 
 
 def three_term(hvp, v0, steps, reorthogonalise=True, flat=True):
-  """Lanczos without the breakdown branch; `flat`: one basis matrix, else one per leaf."""
+  """Lanczos without the breakdown test and restart; `flat`: one basis matrix, else one
+  per leaf."""
   unravel = ravel_pytree(v0)[1]
   leaves, treedef = jax.tree_util.tree_flatten(v0)
   if flat:

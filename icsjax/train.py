@@ -328,7 +328,7 @@ class GroupProgram:
     args = (hp, state.params, state.batch_stats, data.train_x[:b], data.train_y[:b],
             self.noise_key(state, step, DRAW_CURVATURE_NOISE),
             self.draw_key(state, step, DRAW_CURVATURE_VECTORS))
-    probe = lambda *a: probes.curvature_records(self, *a, self.run)
+    probe = lambda *a: probes.curvature_records(self, *a)
     if not self.probes_in_sequence:
       return probe(*args)
     return one_model_per_device(probe, self.devices)(*args)

@@ -50,14 +50,14 @@ def landscape_records(program, hp, inside: StepInternals, lr_multiples):
                       lr_multiples, program.probes_in_sequence)
 
 
-def curvature_records(program, hp, params, batch_stats, x, y, noise_key, vector_key, run):
+def curvature_records(program, hp, params, batch_stats, x, y, noise_key, vector_key):
   """Lanczos tridiagonals (SLQ), trace and per-layer norms on the probe batch
   (x, y), train mode, noise frozen at noise_key. The spectrum itself comes
   from the tridiagonals on the host (``curvature.spectrum_records``)."""
   loss_fn = lambda p: program.loss(p, batch_stats, x, y, hp, noise_key)[0]
   hvp = curvature_lib.tree_hvp(loss_fn, params)
   k_slq, k_trace = jax.random.split(vector_key)
-  in_sequence = program.probes_in_sequence
+  run, in_sequence = program.run, program.probes_in_sequence
   alphas, betas = curvature_lib.slq(hvp, params, run.lanczos_steps, run.slq_vectors, k_slq,
                                     in_sequence)
   loss, grads = jax.value_and_grad(loss_fn)(params)
