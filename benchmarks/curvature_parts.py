@@ -1,5 +1,5 @@
 """Where the curvature probe's time goes: the probe with parts of it swapped
-out, for timing only (the swapped versions compute wrong curvature).
+out, for timing only (every swapped Lanczos computes wrong curvature).
 
   python benchmarks/curvature_parts.py [--models=32] [--norm=none] [--parts=...]
 
@@ -9,11 +9,14 @@ Same workload and ratio as benchmarks/probe_cost.py (K Ioffe MLPs, batch 60,
 seconds of a plain training step). Parts:
 
   full       the probe as it is (icsjax.probes.curvature.lanczos)
+  hvp_trace  full, with each Hutchinson sample's z^T H z as z . (H z), a
+             Hessian-vector product, instead of forward over forward
   no_branch  no breakdown test or restart (a select in the probe; a branch before)
   per_leaf   no_branch, with the basis as one matrix per parameter leaf instead
-             of one (steps + 1) x parameters matrix (the layout before)
+             of one steps x parameters matrix (the layout before)
   no_reorth  no_branch and no reorthogonalisation: the three-term recurrence only
-  products   the Hessian-vector products and their dot products only
+  products   of Lanczos, the Hessian-vector products and their dot products only
+Each part but hvp_trace runs the probe's Hutchinson samples and per-layer norms.
 """
 
 import argparse
@@ -24,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from icsjax import devices  # noqa: E402  (imports no JAX: the split must come first)
 
-PARTS = ("full", "no_branch", "per_leaf", "no_reorth", "products")
+PARTS = ("full", "hvp_trace", "no_branch", "per_leaf", "no_reorth", "products")
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--models", type=int, default=32)
 parser.add_argument("--norm", default="none")
@@ -40,7 +43,7 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 from icsjax.probes import curvature  # noqa: E402
 from study_path import GRADIENTS, JaxGroup, probe_config, timed, use_random_mnist  # noqa: E402
 
-FULL = curvature.lanczos
+FULL = curvature.lanczos, curvature.tree_quadratic_form
 HIGHEST = jax.lax.Precision.HIGHEST  # as in lanczos: float32 products on a GPU too
 STEPS, EVENTS, SCAN_LENGTH = 200, 10, 20
 
@@ -57,7 +60,7 @@ def three_term(hvp, v0, steps, reorthogonalise=True, flat=True):
     to_tree = lambda rows: jax.tree_util.tree_unflatten(
         treedef, [r.reshape(leaf.shape) for r, leaf in zip(rows, leaves)])
   norm = jnp.sqrt(curvature.tree_dot(v0, v0))
-  basis = [jnp.zeros((steps + 1, r.size)).at[0].set(r / norm) for r in to_rows(v0)]
+  basis = [jnp.zeros((steps, r.size)).at[0].set(r / norm) for r in to_rows(v0)]
 
   def step(j, carry):
     basis, alphas, betas = carry
@@ -70,7 +73,8 @@ def three_term(hvp, v0, steps, reorthogonalise=True, flat=True):
       coef = sum(jnp.dot(b, x, precision=HIGHEST) for b, x in zip(basis, w))
       w = [x - jnp.dot(coef, b, precision=HIGHEST) for x, b in zip(w, basis)]
     beta = jnp.sqrt(curvature.tree_dot(w, w))
-    return ([b.at[j + 1].set(x / beta) for b, x in zip(basis, w)],
+    row = jnp.minimum(j + 1, steps - 1)  # as in lanczos: the last step writes no row
+    return ([b.at[row].set(jnp.where(j + 1 < steps, x / beta, b[row])) for b, x in zip(basis, w)],
             alphas.at[j].set(alpha), betas.at[j].set(beta))
 
   zeros = jnp.zeros((steps,))
@@ -88,10 +92,17 @@ def products(hvp, v0, steps):
   return alphas, alphas, None
 
 
-VERSIONS = {"full": FULL, "no_branch": three_term,
-            "per_leaf": lambda *a, **k: three_term(*a, flat=False, **k),
-            "no_reorth": lambda *a, **k: three_term(*a, reorthogonalise=False, **k),
-            "products": products}
+def hvp_quadratic_form(loss_fn, params):
+  hvp = curvature.tree_hvp(loss_fn, params)
+  return lambda z: curvature.tree_dot(z, hvp(z))
+
+
+# part: (lanczos, tree_quadratic_form) for the probe to use
+VERSIONS = {"full": FULL, "hvp_trace": (FULL[0], hvp_quadratic_form),
+            "no_branch": (three_term, FULL[1]),
+            "per_leaf": (lambda *a, **k: three_term(*a, flat=False, **k), FULL[1]),
+            "no_reorth": (lambda *a, **k: three_term(*a, reorthogonalise=False, **k), FULL[1]),
+            "products": (products, FULL[1])}
 
 
 def main():
@@ -101,10 +112,11 @@ def main():
   config = lambda probe: probe_config(ARGS.models, ARGS.norm, STEPS, SCAN_LENGTH, probe)
   calls = {"off": JaxGroup(config(""))}
   for part in ARGS.parts.split(","):
-    curvature.lanczos = VERSIONS[part]  # read when the segment is traced, in the first call
+    # read when the segment is traced, in the first call
+    curvature.lanczos, curvature.tree_quadratic_form = VERSIONS[part]
     calls[part] = JaxGroup(config("curvature"))
     calls[part]()
-  curvature.lanczos = FULL
+  curvature.lanczos, curvature.tree_quadratic_form = FULL
   t = timed(calls, ARGS.repeats)
   per_step = t["off"] / STEPS
   print(f"{'part':10s} {'segment s':>9s} {'ratio':>6s}")

@@ -19,6 +19,11 @@ def matrix_hvp(a):
   return jax.jit(lambda v: a32 @ v)
 
 
+def matrix_quadratic_form(a):
+  a32 = jnp.asarray(a, jnp.float32)
+  return jax.jit(lambda v: v @ a32 @ v)
+
+
 # Its largest-|lambda| eigenvalue is negative: power iteration would report -6.
 NEGATIVE_DOMINANT = symmetric(np.concatenate([[-6.0, -2.5], np.linspace(-1, 3, 14)]))
 
@@ -93,7 +98,7 @@ def test_hutchinson_converges_to_the_trace():
   off = 2 * (np.sum(a ** 2) - np.sum(np.diag(a) ** 2))
   errors = []
   for samples in (16, 256, 4096):
-    est = float(curvature.hutchinson_trace(matrix_hvp(a), jnp.zeros(len(a)), samples,
+    est = float(curvature.hutchinson_trace(matrix_quadratic_form(a), jnp.zeros(len(a)), samples,
                                            jax.random.PRNGKey(7)))
     assert abs(est - np.trace(a)) < 5 * np.sqrt(off / samples) + 1e-4
     errors.append(abs(est - np.trace(a)))
@@ -109,16 +114,19 @@ def test_a_diverged_tridiagonal_reads_nan():
   assert np.isnan(rec["slq_nodes"][1]).all() and np.isnan(rec["hessian_lambda_max"][1])
 
 
-def test_tree_hvp_matches_the_dense_hessian():
+def test_tree_hvp_and_quadratic_form_match_the_dense_hessian():
   def f(p):
     return jnp.sum(jnp.sin(p["w"]) * p["b"][0]) + jnp.sum(p["w"] ** 3)
   params = {"w": jnp.arange(5, dtype=jnp.float32) / 5, "b": jnp.array([0.7], jnp.float32)}
-  hvp = curvature.tree_hvp(f, params)
   flat, unravel = jax.flatten_util.ravel_pytree(params)
-  h = jax.hessian(lambda v: f(unravel(v)))(flat)
-  v = jnp.asarray(np.random.default_rng(8).standard_normal(6), jnp.float32)
-  got = jax.flatten_util.ravel_pytree(hvp(unravel(v)))[0]
-  np.testing.assert_allclose(np.asarray(got), np.asarray(h @ v), rtol=1e-5, atol=1e-6)
+  h = np.asarray(jax.hessian(lambda v: f(unravel(v)))(flat), np.float64)
+  for seed in (8, 9):
+    v = np.random.default_rng(seed).standard_normal(6)
+    tree = unravel(jnp.asarray(v, jnp.float32))
+    got = jax.flatten_util.ravel_pytree(curvature.tree_hvp(f, params)(tree))[0]
+    np.testing.assert_allclose(np.asarray(got), h @ v, rtol=1e-5, atol=1e-6)
+    assert float(curvature.tree_quadratic_form(f, params)(tree)) == pytest.approx(
+        v @ h @ v, rel=1e-5, abs=1e-6)
 
 
 def tree_of(flat, shapes):
@@ -169,7 +177,7 @@ def test_slq_and_hutchinson_at_once_equal_them_in_sequence():
   a = NEGATIVE_DOMINANT
   key = jax.random.PRNGKey(7)
   runs = [(curvature.slq(matrix_hvp(a), jnp.zeros(len(a)), 6, 3, key, in_sequence),
-           curvature.hutchinson_trace(matrix_hvp(a), jnp.zeros(len(a)), 5, key, in_sequence))
+           curvature.hutchinson_trace(matrix_quadratic_form(a), jnp.zeros(len(a)), 5, key, in_sequence))
           for in_sequence in (True, False)]
   for got, want in zip(jax.tree_util.tree_leaves(runs[1]), jax.tree_util.tree_leaves(runs[0])):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)

@@ -64,8 +64,9 @@ def curvature_records(program, hp, params, batch_stats, x, y, noise_key, vector_
   kernel_norm = lambda tree: jnp.stack([jnp.linalg.norm(tree[name]["kernel"].ravel())
                                         for name in program.weight_layers])
   return {"lanczos_alpha": alphas, "lanczos_beta": betas,
-          "hessian_trace": curvature_lib.hutchinson_trace(hvp, params, run.hutchinson_samples,
-                                                          k_trace, in_sequence),
+          "hessian_trace": curvature_lib.hutchinson_trace(
+              curvature_lib.tree_quadratic_form(loss_fn, params), params,
+              run.hutchinson_samples, k_trace, in_sequence),
           "probe_loss": loss, "probe_grad_norm": kernel_norm(grads),
           "weight_norm": kernel_norm(params)}
 
@@ -74,8 +75,8 @@ def curvature_bytes_per_model(num_params: int, lanczos_steps: int, slq_vectors: 
                               hutchinson_samples: int = 0) -> int:
   """Memory the curvature probe holds per model, with slack: its Lanczos bases
   (slq_vectors of them, when the vectors run at once) or, if larger, the
-  vector and product of each of hutchinson_samples run at once (Hutchinson
-  follows SLQ, so the two take turns with the memory)."""
+  vector and its parameter-shaped tangent of each of hutchinson_samples run
+  at once (Hutchinson follows SLQ, so the two take turns with the memory)."""
   floats = max(lanczos_steps * slq_vectors, 2 * hutchinson_samples) * num_params
   return int(CURVATURE_MEMORY_FACTOR * 4 * floats)
 
