@@ -75,8 +75,9 @@ def curvature_bytes_per_model(num_params: int, lanczos_steps: int, slq_vectors: 
                               hutchinson_samples: int = 0) -> int:
   """Memory the curvature probe holds per model, with slack: its Lanczos bases
   (slq_vectors of them, when the vectors run at once) or, if larger, the
-  vector and its parameter-shaped tangent of each of hutchinson_samples run
-  at once (Hutchinson follows SLQ, so the two take turns with the memory)."""
+  vector of each of hutchinson_samples run at once, doubled for the forward-
+  mode work arrays of its z^T H z (Hutchinson follows SLQ, so the two take
+  turns with the memory)."""
   floats = max(lanczos_steps * slq_vectors, 2 * hutchinson_samples) * num_params
   return int(CURVATURE_MEMORY_FACTOR * 4 * floats)
 
