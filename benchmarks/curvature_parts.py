@@ -16,7 +16,8 @@ seconds of a plain training step). Parts:
              of one steps x parameters matrix (the layout before)
   no_reorth  no_branch and no reorthogonalisation: the three-term recurrence only
   products   of Lanczos, the Hessian-vector products and their dot products only
-Each part but hvp_trace runs the probe's Hutchinson samples and per-layer norms.
+Every part runs the probe's Hutchinson samples (forward over forward, but in
+hvp_trace) and its per-layer norms.
 """
 
 import argparse
