@@ -26,10 +26,19 @@ flags.DEFINE_bool("report", True, "Write WORKDIR/report/ (figures, report.md, re
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class OrbaxWarningsOnly(logging.Filter):
+  """Orbax logs each checkpoint save at INFO through absl's logger: some 120
+  lines a segment, which bury the progress bar and the summary."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
   del argv
   # JAX logs at INFO that it found no TPU; that is not news on a CPU or GPU machine.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  logging.getLogger("absl").addFilter(OrbaxWarningsOnly())
   try:
     study_lib.validate(FLAGS.config)  # before anything else, JAX's start included
     print(devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices)))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -22,6 +23,9 @@ def test_default_study_from_the_command_line(tmp_path):
   env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
+  # No INFO lines (orbax logs each checkpoint save), which would bury the progress bar.
+  info = re.search(r"I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*", out.stderr)
+  assert info is None, info.group(0)
   # The report follows the run (tests/test_report.py checks what it says).
   assert f"report: {workdir / 'report' / 'report.md'}" in out.stdout
   assert (workdir / "report" / "report.html").exists()
