@@ -12,9 +12,10 @@ every probe off is the baseline, all timed interleaved after one warm-up call.
 
 Gradient evaluations: gradient-ICS one per weight layer after the first (the
 first layer's G' is G); landscape one per eta; curvature one per Hessian-vector
-product counted as 2 (Lanczos steps x SLQ vectors + Hutchinson samples) plus
-one gradient for the per-layer norms, on a probe batch of the training batch
-size. A plain training step is a gradient plus the update, so a ratio near 1
+product counted as 2 (Lanczos steps x SLQ vectors + Hutchinson samples; a
+sample's z^T H z is counted as the product it usually takes, though the probe
+computes it forward over forward for less) plus one gradient for the
+per-layer norms, on a probe batch of the training batch size. A plain training step is a gradient plus the update, so a ratio near 1
 means a probe costs what the same number of training steps cost.
 
 --default_study also times configs/default.py end to end with its probes on

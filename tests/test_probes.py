@@ -223,7 +223,7 @@ def test_model_chunks_fit_the_probe_memory():
   assert chunk(8, 10 * per_model, "cpu") == 4  # CPU: cache-sized chunks still
   assert chunk(8, 3 * per_model, "cpu") == 2
   assert runner.group_model_chunk(6, 2, 0, 0, "gpu") == 0  # no curvature: no limit
-  # At once: a basis per SLQ vector, or each Hutchinson sample's vector and product.
+  # At once: a basis per SLQ vector, or each Hutchinson sample's vector and its work arrays.
   assert runner.probes.curvature_bytes_per_model(59, 20, 2) == 2 * per_model
   assert runner.probes.curvature_bytes_per_model(59, 20, 1, 30) == 3 * per_model
 
