@@ -51,8 +51,7 @@ def model_sharding(num_models: int):
   d = devices_for(num_models, jax.local_device_count())
   if d == 1:
     return None
-  mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:d]), ("model",))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model"))
+  return jax.sharding.NamedSharding(train.model_mesh(d), jax.sharding.PartitionSpec("model"))
 
 
 def probe_memory_bytes(config) -> int:

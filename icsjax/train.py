@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -465,16 +466,23 @@ def _in_chunks(fn, tree, devices: int, chunk: int):
   return jax.tree_util.tree_map(ungroup, out)
 
 
+def model_mesh(devices: int) -> jax.sharding.Mesh:
+  """The first `devices` local devices along one axis, "model"."""
+  return jax.sharding.Mesh(np.array(jax.local_devices()[:devices]), ("model",))
+
+
 def one_model_per_device(fn, devices: int):
   """fn of one model, which when vmapped over a segment's model axis (devices
   contiguous blocks) runs one model per device at a time: lax.map over each
-  device's models, and fn vmapped over the devices.
+  device's models, and fn unbatched on each device (shard_map).
 
   Inside the segment's vmap a function sees one model and cannot loop over
   the models itself; custom_vmap hands it the model axis. On 2 CPU cores the
   curvature probe of 4 models per device at once cost 1.63x its gradient
   count, one at a time 1.34x: one model's Lanczos basis stays in cache
-  (benchmarks/probe_cost.py).
+  (benchmarks/probe_cost.py). Unbatched, rather than vmapped over a device's
+  block of one, a batch-norm MLP's Hessian-vector product took 0.76 ms, not
+  1.07 ms: XLA compiles a vmap of one into slower code.
   """
   batched_fn = jax.custom_batching.custom_vmap(fn)
 
@@ -484,12 +492,22 @@ def one_model_per_device(fn, devices: int):
     leaves, treedef = jax.tree_util.tree_flatten(args)
     flags = jax.tree_util.tree_leaves(in_batched)
 
+    shared = [leaf for leaf, f in zip(leaves, flags) if not f]
+
+    def one(batched, shared):  # one model, unbatched
+      b, s = iter(batched), iter(shared)
+      return fn(*jax.tree_util.tree_unflatten(treedef, [next(b) if f else next(s) for f in flags]))
+
     def on_devices(batched_leaves):
-      def one(*batched):
-        it = iter(batched)
-        return fn(*jax.tree_util.tree_unflatten(
-            treedef, [next(it) if f else leaf for leaf, f in zip(leaves, flags)]))
-      return jax.vmap(one)(*batched_leaves)
+      def block(batched, shared):  # a device's block of one model
+        out = one([a[0] for a in batched], shared)
+        return jax.tree_util.tree_map(lambda a: a[None], out)
+      if devices == 1:
+        return block(batched_leaves, shared)
+      model = jax.sharding.PartitionSpec("model")
+      return jax.shard_map(block, mesh=model_mesh(devices),
+                           in_specs=(model, jax.sharding.PartitionSpec()), out_specs=model,
+                           check_vma=False)(batched_leaves, shared)
 
     out = _in_chunks(on_devices, [leaf for leaf, f in zip(leaves, flags) if f], devices, 1)
     return out, jax.tree_util.tree_map(lambda _: True, out)

@@ -5,6 +5,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 
 import jax
 import pytest
@@ -88,10 +89,19 @@ def pytest_configure(config):
     use_jit_cache(tempfile.mkdtemp(prefix="icsjax-tests-jit-"))
 
 
-def pytest_collection_modifyitems(items):
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's, which tags grouped tests' ids
+def pytest_collection_modifyitems(config, items):
   """Tests marked slow (tens of seconds each on 2 cores) first, so that parallel
-  workers (pytest -n) start them early and finish together."""
+  workers (pytest -n) start them early and finish together.
+
+  Under --dist loadgroup a worker's grouped tests carry "@group" in their ids;
+  without it (pytest 9.2, pytest-dev/pytest-xdist#1386) every worker would
+  compute test_report's module fixtures again, a minute in all."""
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+  if getattr(config.option, "loadgroup", False) and any(
+      item.get_closest_marker("xdist_group") and "@" not in item.nodeid for item in items):
+    warnings.warn("pytest-xdist's loadgroup does not group tests under pytest "
+                  f"{pytest.__version__}; requirements.txt pins a pytest under which it does")
 
 
 def pytest_sessionfinish(session):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import pytest
 
@@ -139,9 +140,11 @@ def tree_of(flat, shapes):
   return out
 
 
-def test_lanczos_on_a_tree_equals_lanczos_on_its_flat_vector():
+@pytest.mark.parametrize("unbatched", [False, True], ids=["concatenated", "leaf_by_leaf"])
+def test_lanczos_on_a_tree_equals_lanczos_on_its_flat_vector(unbatched):
   """Leaves of several shapes, run past the dimension so that the Krylov space
-  is exhausted and the restart picks the least covered axis across leaves."""
+  is exhausted and the restart picks the least covered axis across leaves;
+  each product raveled as ravel_pytree does or leaf by leaf."""
   a = symmetric(np.r_[np.full(6, 2.0), np.linspace(-1, 1, 6)], seed=3)  # 7 distinct eigenvalues
   shapes = {"k": (2, 3), "b": (1,), "z": (5,)}
   v0 = jnp.asarray(np.random.default_rng(9).standard_normal(12), jnp.float32)
@@ -149,13 +152,20 @@ def test_lanczos_on_a_tree_equals_lanczos_on_its_flat_vector():
   flat = lambda t: jnp.concatenate([t[k].reshape(-1) for k in shapes])
   tree_hvp = lambda t: tree_of(a32 @ flat(t), shapes)
   want = curvature.lanczos(matrix_hvp(a), v0, 12)
-  got = curvature.lanczos(tree_hvp, tree_of(v0, shapes), 12)
+  got = curvature.lanczos(tree_hvp, tree_of(v0, shapes), 12, unbatched=unbatched)
   assert float(jnp.min(jnp.abs(want[1][:6]))) > 1e-3 and float(want[1][6]) == 0.0  # restarted
   np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=1e-5)
   np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), atol=1e-5)
   basis = np.concatenate([np.asarray(got[2][k]).reshape(12, -1) for k in shapes], axis=1)
   np.testing.assert_allclose(basis, np.asarray(want[2]), atol=1e-4)  # summed in another order
   np.testing.assert_allclose(basis @ basis.T, np.eye(12), atol=1e-5)
+
+
+def test_ravel_leaf_by_leaf_equals_ravel_pytree():
+  tree = {"k": jnp.arange(6.0).reshape(2, 3), "b": jnp.asarray([-1.0]), "z": jnp.ones((2, 2, 1))}
+  want = jax.flatten_util.ravel_pytree(tree)[0]
+  got = curvature.ravel_leaf_by_leaf(tree, want.size, want.dtype)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_rademacher_entries_are_fair_independent_signs():

@@ -71,7 +71,20 @@ def rademacher(key, like, dtype=jnp.float32):
       signs[o:o + n].reshape(np.shape(leaf)) for o, n, leaf in zip(offsets, sizes, leaves)])
 
 
-def lanczos(hvp, v0, steps: int):
+def ravel_leaf_by_leaf(tree, size: int, dtype):
+  """ravel_pytree's vector, written one leaf at a time into a zero vector. A
+  CPU compiles the concatenation of an unbatched tree into one loop that picks
+  a leaf per element: in an unbatched Lanczos of Ioffe's MLP (a diagonal
+  Hessian) 0.75 ms a step against 0.58 ms leaf by leaf. Under vmap it is the
+  other way round (0.58 against 1.48)."""
+  flat, offset = jnp.zeros((size,), dtype), 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    flat = jax.lax.dynamic_update_slice(flat, leaf.reshape(-1).astype(dtype), (offset,))
+    offset += leaf.size
+  return flat
+
+
+def lanczos(hvp, v0, steps: int, unbatched: bool = False):
   """Lanczos tridiagonalisation with full reorthogonalisation.
 
   v0 is a tree (a flat vector is a tree of one leaf). Returns (alphas,
@@ -101,6 +114,10 @@ def lanczos(hvp, v0, steps: int):
   branch, picks it: under vmap a branch on a per-model value runs both sides,
   and one on an "any model" value costs a collective and, on a GPU, a host
   round trip every step.
+
+  ``unbatched``: the caller runs this outside any vmap (the CPU probe, one
+  model per device at a time), where each product is raveled leaf by leaf
+  (``ravel_leaf_by_leaf``).
   """
   x0, unravel = ravel_pytree(v0)
   dtype, size = x0.dtype, x0.size
@@ -111,7 +128,8 @@ def lanczos(hvp, v0, steps: int):
   def step(j, carry):
     basis, alphas, betas = carry
     v, v_prev = basis[j], basis[jnp.maximum(j - 1, 0)]
-    w = ravel_pytree(hvp(unravel(v)))[0]
+    w = hvp(unravel(v))
+    w = ravel_leaf_by_leaf(w, size, dtype) if unbatched else ravel_pytree(w)[0]
     alpha = dot(v, w)
     beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
     w = w - alpha * v - beta_prev * v_prev
@@ -142,11 +160,11 @@ def slq(hvp, like, steps: int, vectors: int, key, in_sequence: bool = True):
   Returns (alphas, betas), each (vectors, steps): the tridiagonal matrix of
   each Rademacher start vector (a tree shaped like `like`);
   ``gauss_quadrature`` turns them into the density. Vectors run one after
-  another (one basis held) or, with in_sequence False, all at once
-  (``evaluations.each``).
+  another (one basis held; the caller runs the model unbatched, as the CPU
+  probe does) or, with in_sequence False, all at once (``evaluations.each``).
   """
   def one(k):
-    return lanczos(hvp, rademacher(k, like), steps)[:2]
+    return lanczos(hvp, rademacher(k, like), steps, unbatched=in_sequence)[:2]
   return each(one, jax.random.split(key, vectors), in_sequence)
 
 
