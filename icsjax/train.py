@@ -499,7 +499,9 @@ def one_model_per_device(fn, devices: int):
       return fn(*jax.tree_util.tree_unflatten(treedef, [next(b) if f else next(s) for f in flags]))
 
     def on_devices(batched_leaves):
-      def block(batched, shared):  # a device's block of one model
+      def block(batched, shared):  # a device's block: one model, unless devices are fewer
+        if batched[0].shape[0] > 1:
+          return jax.vmap(lambda *b: one(b, shared))(*batched)
         out = one([a[0] for a in batched], shared)
         return jax.tree_util.tree_map(lambda a: a[None], out)
       if devices == 1:
