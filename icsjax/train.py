@@ -492,6 +492,7 @@ def one_model_per_device(fn, devices: int):
     leaves, treedef = jax.tree_util.tree_flatten(args)
     flags = jax.tree_util.tree_leaves(in_batched)
 
+    own = [leaf for leaf, f in zip(leaves, flags) if f]
     shared = [leaf for leaf, f in zip(leaves, flags) if not f]
 
     def one(batched, shared):  # one model, unbatched
@@ -511,7 +512,7 @@ def one_model_per_device(fn, devices: int):
                            in_specs=(model, jax.sharding.PartitionSpec()), out_specs=model,
                            check_vma=False)(batched_leaves, shared)
 
-    out = _in_chunks(on_devices, [leaf for leaf, f in zip(leaves, flags) if f], devices, 1)
+    out = _in_chunks(on_devices, own, devices, 1)
     return out, jax.tree_util.tree_map(lambda _: True, out)
 
   return batched_fn
