@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from icsjax import devices  # noqa: E402  (imports no JAX: the split must come first)
+from icsjax import devices  # noqa: E402  (the CPU split must come before any computation)
 
 PARTS = ("full", "hvp_trace", "no_branch", "per_leaf", "no_reorth", "products")
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -40,6 +40,7 @@ SPLIT = devices.split_cpu_host(devices.auto_cpu_devices())
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
+from optax import tree_utils  # noqa: E402
 
 from icsjax.probes import curvature  # noqa: E402
 from study_path import GRADIENTS, JaxGroup, probe_config, timed, use_random_mnist  # noqa: E402
@@ -60,20 +61,20 @@ def three_term(hvp, v0, steps, reorthogonalise=True, flat=True):
     to_rows = lambda tree: [leaf.reshape(-1) for leaf in jax.tree_util.tree_leaves(tree)]
     to_tree = lambda rows: jax.tree_util.tree_unflatten(
         treedef, [r.reshape(leaf.shape) for r, leaf in zip(rows, leaves)])
-  norm = jnp.sqrt(curvature.tree_dot(v0, v0))
+  norm = jnp.sqrt(tree_utils.tree_vdot(v0, v0))
   basis = [jnp.zeros((steps, r.size)).at[0].set(r / norm) for r in to_rows(v0)]
 
   def step(j, carry):
     basis, alphas, betas = carry
     v, v_prev = [b[j] for b in basis], [b[jnp.maximum(j - 1, 0)] for b in basis]
     w = to_rows(hvp(to_tree(v)))
-    alpha = curvature.tree_dot(v, w)
+    alpha = tree_utils.tree_vdot(v, w)
     beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
     w = [x - alpha * y - beta_prev * z for x, y, z in zip(w, v, v_prev)]
     if reorthogonalise:
       coef = sum(jnp.dot(b, x, precision=HIGHEST) for b, x in zip(basis, w))
       w = [x - jnp.dot(coef, b, precision=HIGHEST) for x, b in zip(w, basis)]
-    beta = jnp.sqrt(curvature.tree_dot(w, w))
+    beta = jnp.sqrt(tree_utils.tree_vdot(w, w))
     row = jnp.minimum(j + 1, steps - 1)  # as in lanczos: the last step writes no row
     return ([b.at[row].set(jnp.where(j + 1 < steps, x / beta, b[row])) for b, x in zip(basis, w)],
             alphas.at[j].set(alpha), betas.at[j].set(beta))
@@ -87,7 +88,7 @@ def products(hvp, v0, steps):
   def step(j, carry):
     v, alphas = carry
     w = hvp(v)
-    alpha = curvature.tree_dot(v, w)
+    alpha = tree_utils.tree_vdot(v, w)
     return jax.tree_util.tree_map(lambda x: x / alpha, w), alphas.at[j].set(alpha)
   _, alphas = jax.lax.fori_loop(0, steps, step, (v0, jnp.zeros((steps,))))
   return alphas, alphas, None
@@ -95,7 +96,7 @@ def products(hvp, v0, steps):
 
 def hvp_quadratic_form(loss_fn, params):
   hvp = curvature.tree_hvp(loss_fn, params)
-  return lambda z: curvature.tree_dot(z, hvp(z))
+  return lambda z: tree_utils.tree_vdot(z, hvp(z))
 
 
 # part: (lanczos, tree_quadratic_form) for the probe to use

@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from icsjax import devices  # noqa: E402  (imports no JAX: the split must come first)
+from icsjax import devices  # noqa: E402  (the CPU split must come before any computation)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--models", type=int, default=32)

@@ -22,6 +22,8 @@ from icsjax import tfds_data
 DIGITS_SIZE = 1797  # scikit-learn's bundled 8x8 digits: 1797 images, 10 classes
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
+DATASETS = ("digits", "gaussian_regression") + tfds_data.TFDS_DATASETS
+IMAGE_DATASETS = ("digits",) + tfds_data.TFDS_DATASETS
 
 
 @struct.dataclass
@@ -38,7 +40,7 @@ class Dataset:
   name: str = struct.field(pytree_node=False)
   task: str = struct.field(pytree_node=False)
   num_outputs: int = struct.field(pytree_node=False)
-  # Shifted test inputs, standardised (icsjax.test_time.with_shifted_sets); None when off.
+  # Shifted test inputs, standardised (icsjax.shifts.with_shifted_sets); None when off.
   shifted_test_x: Any = None   # (shifted sets, n_test, ...): clean, synthetic, then TFDS ones
   shifted_test_y: Any = None   # (shifted sets, n_test): their labels
   shifted_adapt_x: Any = None  # the synthetic shifts of the first training examples

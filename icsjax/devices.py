@@ -1,13 +1,12 @@
-"""Splitting one CPU host into several XLA devices, so the model axis can be
-sharded over them (see ../shared/PERFORMANCE.md: on a CPU host this runs the
-models' small matmuls side by side instead of one after another).
+"""Splitting one CPU host into several XLA devices, so that the model axis can
+be sharded over them: XLA runs one device's small, batched matrix products on
+few cores, and devices run side by side (benchmarks/README.md).
 
-XLA reads the device count once, when JAX first starts a backend, so this
-must run before any computation. In a notebook, set it yourself first:
+JAX reads the device count when it first starts a backend, so this must run
+before any computation. In a notebook, do it yourself right after importing JAX:
 
-  import os
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
   import jax
+  jax.config.update("jax_num_cpu_devices", 8)
 """
 
 import os
@@ -16,10 +15,9 @@ FLAG = "--xla_force_host_platform_device_count"
 
 
 def auto_cpu_devices() -> int:
-  """One XLA device per usable core. On a 2-core host, 2 devices ran 32 Ioffe
-  MLPs about 20% faster than one, and 4 or 8 were slower than 2
-  (benchmarks/vs_pytorch.py, README "Performance"). On a GPU or TPU host the
-  split only shapes the CPU platform, which the study does not use."""
+  """One XLA device per usable core (more devices than cores ran slower). On a
+  GPU or TPU host the split only shapes the CPU platform, which a study does
+  not use."""
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -29,15 +27,15 @@ def requested(cpu_devices: int) -> int:
 
 
 def split_cpu_host(count: int) -> str:
-  """Asks XLA for `count` CPU devices; returns what was done, in words."""
+  """Asks JAX for `count` CPU devices; returns what was done, in words."""
   if count <= 1:
     return "one CPU device"
-  flags = os.environ.get("XLA_FLAGS", "")
-  if FLAG in flags:
+  if FLAG in os.environ.get("XLA_FLAGS", ""):
     return f"XLA_FLAGS already sets {FLAG}; kept it"
-  from jax._src import xla_bridge
-  if xla_bridge.backends_are_initialized():
-    return (f"JAX had already started, so cpu_devices={count} has no effect; "
-            f"set XLA_FLAGS={FLAG}={count} before importing jax")
-  os.environ["XLA_FLAGS"] = f"{flags} {FLAG}={count}".strip()
+  import jax
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # a backend has started: the count is fixed
+    return (f"JAX had already started, so cpu_devices={count} has no effect; call "
+            f"jax.config.update('jax_num_cpu_devices', {count}) before any computation")
   return f"CPU split into {count} devices"

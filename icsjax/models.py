@@ -17,11 +17,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from icsjax.norms import LP_ORDER, Norm
-from icsjax.study import BATCH_NORM_KINDS
+from icsjax.norms import BATCH_NORM_KINDS, LP_ORDER, Norm
 
+ARCHS = ("mlp", "dln", "vgg")
 ACTIVATION_FNS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "tanh": jnp.tanh,
                   "identity": lambda z: z}
+ACTIVATIONS = tuple(ACTIVATION_FNS)
 
 
 def centres_batch(norm: str, lp_center: bool) -> bool:

@@ -1,11 +1,11 @@
-"""Normalisation layers, exactly as DESIGN.md B.5-B.6 define them.
+"""Normalisation layers (docs/measurements.md, "Noisy batch norm" and "ℓp batch norm").
 
 Batch norms reduce over every axis but the last (the unit or channel axis);
 layer norm over every axis but the first (the example axis).
 Train mode normalises with the statistics of the batch and updates running
 statistics; eval mode uses the running statistics, or, when hp carries
-adaptation weights, a mix of them with the batch's (BN adaptation, DESIGN.md
-B.7). Running statistics are an EMA with decay ``hp["bn_momentum"]`` (Flax
+adaptation weights, a mix of them with the batch's (BN adaptation,
+docs/measurements.md "Test time"). Running statistics are an EMA with decay ``hp["bn_momentum"]`` (Flax
 convention) of the batch mean and of the unbiased batch variance (lp kinds: of
 the batch lp scale).
 
@@ -21,9 +21,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+NORM_KINDS = ("none", "batchnorm", "noisy_batchnorm", "layernorm",
+              "l1_batchnorm", "l2_batchnorm", "linf_batchnorm")
+BATCH_NORM_KINDS = tuple(k for k in NORM_KINDS if k.endswith("batchnorm"))
 LP_ORDER = {"l1_batchnorm": 1.0, "l2_batchnorm": 2.0, "linf_batchnorm": math.inf}
 NOISY_NORMS = ("noisy_batchnorm",)  # the kinds that draw from the "noise" rng in train mode
-# Eval mode with these keys in hp adapts the statistics to the batch (test_time.py).
+# Eval mode with these keys in hp adapts the statistics to the batch (icsjax.inference).
 ADAPT_MEAN_WEIGHT, ADAPT_SCALE_WEIGHT = "adapt_mean_weight", "adapt_scale_weight"
 RUNNING_STAT_NAMES = {"batchnorm": ("mean", "var"), "noisy_batchnorm": ("mean", "var"),
                       **{k: ("mean", "lp_scale") for k in LP_ORDER}}
@@ -38,6 +41,31 @@ def lp_scale(centred, axes, p):
   if p == 2.0:
     return jnp.sqrt(jnp.mean(jnp.square(centred), axis=axes))
   return jnp.mean(jnp.abs(centred) ** p, axis=axes) ** (1.0 / p)
+
+
+def batch_moments(x, p=None, centre: bool = True):
+  """Per-unit (mean, scale) over every axis but the last (the unit or channel
+  axis): the scale is the biased variance of x (p None), or the average lp norm
+  of x minus its mean (of x itself when centre is False)."""
+  mean, _, scale = centred_moments(x, p, centre)
+  return mean, scale
+
+
+def centred_moments(x, p=None, centre: bool = True):
+  """batch_moments with the values it measured the scale of: (mean, x - mean or
+  x, scale). A norm divides those very values, so that its gradient reaches x
+  through one subtraction."""
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axis=axes)
+  centred = x - mean if centre else x
+  scale = jnp.mean(jnp.square(centred), axis=axes) if p is None else lp_scale(centred, axes, p)
+  return mean, centred, scale
+
+
+def unbiased(variance, x):
+  """A biased per-unit variance of x times m / (m - 1), m the elements per unit."""
+  count = math.prod(x.shape[:-1])
+  return variance * (count / (count - 1))
 
 
 def santurkar_noise(key, shape, hp, dtype):
@@ -57,7 +85,7 @@ def santurkar_noise(key, shape, hp, dtype):
 
 
 class Norm(nn.Module):
-  """One of icsjax.study.NORM_KINDS; `none` is the identity."""
+  """One of NORM_KINDS; `none` is the identity."""
   kind: str
   eps: float = 1e-5
   lp_center: bool = True
@@ -83,8 +111,6 @@ class Norm(nn.Module):
     return y
 
   def _batch_normalise(self, x, train, hp):
-    axes = tuple(range(x.ndim - 1))
-    count = math.prod(x.shape[:-1])
     mean_name, scale_name = RUNNING_STAT_NAMES[self.kind]
     features = x.shape[-1]
     ra_mean = self.variable("batch_stats", mean_name, jnp.zeros, (features,), x.dtype)
@@ -92,14 +118,9 @@ class Norm(nn.Module):
     p = LP_ORDER.get(self.kind)
     centre = p is None or self.lp_center
     if train:
-      mean = jnp.mean(x, axis=axes)
-      centred = x - mean if centre else x
-      if p is None:
-        scale = jnp.mean(jnp.square(centred), axis=axes)  # biased, as in Ioffe Alg. 1
-        running_target = scale * (count / (count - 1))      # unbiased for the EMA
-      else:
-        scale = lp_scale(centred, axes, p)
-        running_target = scale
+      # The biased variance normalises, as in Ioffe Alg. 1; the EMA tracks the unbiased one.
+      mean, centred, scale = centred_moments(x, p, centre)
+      running_target = unbiased(scale, x) if p is None else scale
       if not self.is_initializing():
         mom = hp["bn_momentum"]
         ra_mean.value = mom * ra_mean.value + (1.0 - mom) * mean
@@ -107,7 +128,7 @@ class Norm(nn.Module):
     else:
       mean, scale = ra_mean.value, ra_scale.value
       if ADAPT_MEAN_WEIGHT in hp:
-        mean, scale = self._adapted_statistics(x, axes, p, centre, hp, mean, scale)
+        mean, scale = self._adapted_statistics(x, p, centre, hp, mean, scale)
         if self.is_mutable_collection("batch_stats"):  # to normalise other inputs with
           ra_mean.value, ra_scale.value = mean, scale
       centred = x - mean if centre else x
@@ -116,16 +137,13 @@ class Norm(nn.Module):
     return centred / (scale + self.eps)
 
   @staticmethod
-  def _adapted_statistics(x, axes, p, centre, hp, source_mean, source_scale):
+  def _adapted_statistics(x, p, centre, hp, source_mean, source_scale):
     """BN adaptation (Schneider et al. 2020): the source (running) statistics mixed
     with this batch's by weights w = n / (N + n) from hp, per statistic, so that
     later layers already see adapted earlier ones. The batch's variance is the
     biased one train mode normalises with (lp kinds: its lp scale), so weights
     of 1 reproduce train mode exactly."""
-    batch_mean = jnp.mean(x, axis=axes)
-    centred = x - batch_mean if centre else x
-    batch_scale = (jnp.mean(jnp.square(centred), axis=axes) if p is None
-                   else lp_scale(centred, axes, p))
+    batch_mean, batch_scale = batch_moments(x, p, centre)
     w_mean, w_scale = hp[ADAPT_MEAN_WEIGHT], hp[ADAPT_SCALE_WEIGHT]
     return ((1.0 - w_mean) * source_mean + w_mean * batch_mean,
             (1.0 - w_scale) * source_scale + w_scale * batch_scale)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import optax
 
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
 
 def make(kind: str, hp) -> optax.GradientTransformation:
   """The optimizer `kind` with hyperparameters from `hp` (scalars or tracers)."""

@@ -1,4 +1,5 @@
-"""Shifted test inputs (DESIGN.md B.7), computed on the device from raw inputs.
+"""Shifted test inputs (docs/measurements.md, "Test time"), computed on the
+device from raw inputs, once per run.
 
 Every corruption maps raw inputs (before standardisation) to raw inputs of the
 same shape; the caller standardises the result with the training statistics,
@@ -37,6 +38,8 @@ SEVERITY_PARAMS = {
     "mean_shift": (0.25, 0.5, 1.0, 1.5, 2.0),
     "scale_shift": (1.25, 1.5, 2.0, 2.5, 3.0),
 }
+CLEAN = "clean"  # the unshifted test set: always the first of the shifted sets
+TFDS_PREFIX = "tfds_"  # corruption names of TFDS corrupted test sets (CIFAR-10-C)
 PIXEL_RANGE = {"digits": 16.0, **{name: 1.0 for name in tfds_data.TFDS_DATASETS}}
 BLUR_TRUNCATE = 4.0  # kernel radius int(4 sigma + 0.5), as scipy.ndimage.gaussian_filter
 SHIFT_KEY_PURPOSE = 1_000_003  # folded into the base seed; far from any seed index
@@ -103,3 +106,51 @@ def needs_images(names) -> tuple[str, ...]:
   """The corruptions of `names` that only images have."""
   return tuple(n for n in names if n in IMAGE_CORRUPTIONS)
 
+
+def shifted_sets(run, data, raw_x, draw: int):
+  """(1 + corruptions x severities, n, ...) standardised inputs: clean first, then
+  each corruption at each severity, severity varying fastest."""
+  key = shift_key(run.base_seed, draw)
+  sets = [data.standardise(raw_x)]
+  for c, name in enumerate(run.shift_corruptions):
+    for severity in run.shift_severities:
+      sets.append(data.standardise(corrupt(
+          raw_x, name, severity, dataset=data.name, feature_mean=data.feature_mean,
+          feature_inv_std=data.feature_inv_std, key=jax.random.fold_in(key, c))))
+  return jnp.stack(sets)
+
+
+def with_shifted_sets(data, run, static: dict):
+  """`data` with its shifted test sets, computed once on the device (they depend
+  on neither model nor step, and compiling them into every group's segment cost
+  more than the rest of the shift evaluation); then the TFDS corrupted test sets
+  (``tfds_corruptions``), read from disk and standardised alike. For
+  adapt_set='separate', the synthetic shifts of the first max(adapt_sizes)
+  training examples too (a TFDS corrupted set has no training split: its
+  separate adaptation set is the clean one)."""
+  if not (run.test_time_every and run.adapt_sizes):
+    return data
+  test = jax.jit(lambda d: shifted_sets(run, d, d.raw_test_x, draw=0))(data)
+  labels = [jnp.broadcast_to(data.test_y, (test.shape[0],) + data.test_y.shape)]
+  loaded = [tfds_data.load_corrupted_test(data.name, name, severity,
+                                          static["tfds_data_dir"] or None)
+            for name in run.tfds_corruptions for severity in run.shift_severities]
+  for x, y in loaded:
+    if x.shape != tuple(data.raw_test_x.shape):
+      raise ValueError(f"a {data.name} corrupted test set holds {x.shape} images where the "
+                       f"test set holds {tuple(data.raw_test_x.shape)}")
+  if loaded:
+    test = jnp.concatenate([test, data.standardise(jnp.stack([x for x, _ in loaded]))])
+    labels.append(jnp.stack([y for _, y in loaded]))
+  adapt = None
+  if run.adapt_set == "separate":
+    adapt = jax.jit(lambda d: shifted_sets(run, d, d.raw_train_x[:max(run.adapt_sizes)],
+                                           draw=1))(data)
+    adapt = jnp.concatenate([adapt] + [adapt[:1]] * len(loaded))
+  return data.replace(shifted_test_x=test, shifted_test_y=jnp.concatenate(labels),
+                      shifted_adapt_x=adapt)
+
+
+def corruption_coords(run) -> list[str]:
+  """The corruption axis: clean, each synthetic shift, each TFDS corrupted set (tfds_*)."""
+  return [CLEAN, *run.shift_corruptions, *(TFDS_PREFIX + n for n in run.tfds_corruptions)]

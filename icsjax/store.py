@@ -12,7 +12,7 @@ Layout::
 A segment file is written to a temporary name and renamed, so it is either
 whole or absent; truncating a run back to step S is deleting the segment
 files that end after S. Loading concatenates segments along each
-variable's time axis (step, record_step or eval_step).
+variable's time axis (step, record_step, eval_step, ...), as schema.json says.
 """
 
 from __future__ import annotations
@@ -31,32 +31,6 @@ from icsjax import faults
 
 RECORDS = "records"
 SEGMENT_RE = re.compile(r"segment_(\d{6})\.npz$")
-TIME_AXES = {"per_step": "step", "record": "record_step", "eval": "eval_step",
-             "ics": "ics_step", "landscape": "landscape_step", "curvature": "curvature_step",
-             "test_time": "test_time_step"}
-MODEL_LEVEL = ("diverged_step", "eos_threshold", "optimizer_momentum")
-# Dims after (model, time) of the variables that have any; the rest are scalars per time.
-INNER_DIMS = {
-    "monitor_percentiles": ("layer", "tracked_unit", "quantile"),
-    **{f"ics_grad_{m}": ("weight_layer",) for m in ("diff", "diff_relative", "cosine")},
-    "landscape_loss": ("lr_multiple",), "landscape_grad_diff": ("lr_multiple",),
-    **{name: ("slq_vector", "lanczos_step")
-       for name in ("slq_nodes", "slq_weights", "lanczos_alpha", "lanczos_beta")},
-    "probe_grad_norm": ("weight_layer",), "weight_norm": ("weight_layer",),
-    **{f"stats_mode_{m}": ("stats_mode", "test_batch_size") for m in ("loss", "accuracy")},
-    **{f"shift_{m}": ("corruption", "severity", "adapt", "adapt_n", "adapt_prior")
-       for m in ("loss", "accuracy")},
-}
-
-
-def variable_dims(kind: str, name: str) -> tuple[str, ...]:
-  """Named dims of a record variable produced by icsjax.train."""
-  if kind == "model":
-    return ("model",)
-  default = ("layer", "unit") if kind == "record" else ()
-  return ("model", TIME_AXES[kind]) + INNER_DIMS.get(name, default)
-
-
 def write_atomic(path: pathlib.Path, write, kill_point: str = "") -> None:
   """Calls write(file) on a temporary file, syncs it, then renames it to path.
 
@@ -99,11 +73,10 @@ def write_schema(workdir, group: str, schema: dict) -> None:
   write_json(d / "schema.json", schema)
 
 
-def make_schema(records: dict, fixed_coords: dict, attrs: dict) -> dict:
-  """Variable dims of a segment's record tree, coordinates fixed for the run, and
-  attributes that say how the records were measured."""
-  variables = {name: variable_dims(kind, name)
-               for kind, tree in records.items() for name in tree}
+def make_schema(variables: dict, fixed_coords: dict, attrs: dict) -> dict:
+  """Each variable's named dims, the coordinates fixed for the run, and attributes
+  that say how the records were measured: all a reader needs (icsjax.records
+  makes them; loading needs nothing but the workdir)."""
   return {"variables": variables, "coords": fixed_coords, "attrs": attrs}
 
 
@@ -158,7 +131,7 @@ def load_arrays(workdir, group: str) -> tuple[dict[str, np.ndarray], dict]:
     dims = schema["variables"].get(name)
     if dims is None:  # a time coordinate
       out[name] = np.concatenate(chunks)
-    elif name in MODEL_LEVEL:  # a state: the latest segment's value holds
+    elif list(dims) == ["model"]:  # a per-model value: the latest segment's holds
       out[name] = chunks[-1]
     else:
       out[name] = np.concatenate(chunks, axis=1)
@@ -171,7 +144,8 @@ def load_group(workdir, group: str):
   arrays, schema = load_arrays(workdir, group)
   grid = read_json(pathlib.Path(workdir) / "grid.json")
   g = next(g for g in grid["groups"] if g["name"] == group)
-  coords = {axis: arrays[axis] for axis in TIME_AXES.values() if axis in arrays}
+  # The arrays that are not variables are the time axes' steps.
+  coords = {axis: v for axis, v in arrays.items() if axis not in schema["variables"]}
   coords.update({k: (tuple(dims), np.asarray(v)) for k, (dims, v) in schema["coords"].items()})
   coords["model"] = np.asarray(g["model_ids"])
   for k, v in g["coords"].items():

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 
-COLUMNS = (  # (record name, header, how to reduce over time)
-    ("train_loss", "train loss", "last_eval_interval"),
-    ("train_accuracy", "train acc", "last_eval_interval"),
-    ("test_loss_eval_mode", "test loss (eval)", "last"),
-    ("test_accuracy_eval_mode", "test acc (eval)", "last"),
-    ("test_accuracy_train_mode", "test acc (train-mode BN)", "last"),
-    ("ics_grad_diff_relative", "grad-ICS |G-G'|/|G|", "mean_after_first_layer"),
-    ("landscape_beta_smoothness", "beta-smoothness", "mean"),
-    ("hessian_lambda_max", "Hessian lambda_max", "last"),
-)
+from icsjax import records as records_lib
 
 
 def _final(values: np.ndarray, how: str, window: int) -> np.ndarray:
@@ -39,11 +32,11 @@ def rows(datasets: dict, eval_every: int) -> list[dict]:
       sel = np.array([k == key for k in keys])
       row = {"labels": dict(zip(labels, key)), "seeds": int(sel.sum()),
              "diverged": int((ds["diverged_step"].values[sel] > 0).sum())}
-      for name, header, how in COLUMNS:
-        if name in ds:
-          v = _final(ds[name].values[sel], how, eval_every)
-          row[header] = (float(np.nanmean(v)) if np.isfinite(v).any() else np.nan,
-                         float(np.nanstd(v)) if np.isfinite(v).any() else np.nan)
+      for c in records_lib.summary_columns():
+        if c.variable in ds:
+          v = _final(ds[c.variable].values[sel], c.reduce, eval_every)
+          row[c.header] = (float(np.nanmean(v)) if np.isfinite(v).any() else np.nan,
+                           float(np.nanstd(v)) if np.isfinite(v).any() else np.nan)
       out.append(row)
   return out
 
@@ -53,7 +46,8 @@ def format_table(table: list[dict]) -> str:
   if not table:
     return "(no models)"
   label_keys = list(dict.fromkeys(k for r in table for k in r["labels"]))
-  metric_keys = [h for _, h, _ in COLUMNS if any(h in r for r in table)]
+  metric_keys = [c.header for c in records_lib.summary_columns()
+                 if any(c.header in r for r in table)]
   header = label_keys + ["seeds", "diverged"] + metric_keys
   body = []
   for r in table:
@@ -71,3 +65,10 @@ def format_table(table: list[dict]) -> str:
           "layer after the first), lambda_max the last probe")
   return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in body]
                    + [note])
+
+
+def write(workdir: pathlib.Path, datasets: dict, eval_every: int) -> str:
+  """Writes WORKDIR/summary.txt; returns its table."""
+  table = format_table(rows(datasets, eval_every))
+  (workdir / "summary.txt").write_text(table + "\n")
+  return table

@@ -22,6 +22,11 @@ from icsjax import faults
 from icsjax import runner
 from icsjax import store
 
+# Every test here compares against one reference run (a module fixture), and the
+# crash tests take tens of seconds each: one worker runs them all (pytest -n) and
+# computes the reference once, and they start first.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("checkpoint_reference")]
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 GROUPS = ("norm-none", "norm-batchnorm")
 SEGMENT, STEPS = 20, 80

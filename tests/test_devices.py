@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from icsjax import placement
 from icsjax import runner
 
 SCRIPT = textwrap.dedent("""
@@ -18,10 +19,11 @@ SCRIPT = textwrap.dedent("""
     print(devices.split_cpu_host(4))
     import jax
     jax.config.update("jax_disable_most_optimizations", True)
+    from icsjax import placement
     from icsjax import runner
     from test_devices import five_models
     runner.run(five_models(), {workdir!r}, progress=False)
-    print("devices", jax.device_count(), runner.model_sharding(5).mesh.size)
+    print("devices", jax.device_count(), placement.model_sharding(5).mesh.size)
 """)
 
 
@@ -72,17 +74,17 @@ def test_split_respects_user_flags_and_a_started_jax():
 
 
 def test_devices_for_prefers_fewest_models_per_device_then_least_padding():
-  assert runner.devices_for(1, 8) == 1
-  assert runner.devices_for(10, 4) == 4    # 3 per device beats 5
-  assert runner.devices_for(9, 4) == 3     # 3 + 3 + 3, not 3 + 3 + 3 + 3 padded
-  assert runner.devices_for(10, 2) == 2
-  assert runner.devices_for(5, 4) == 3     # 2 + 2 + 1, one padding model
-  assert runner.devices_for(128, 2) == 2
-  assert runner.devices_for(128, 16) == 16
-  assert runner.devices_for(7, 16) == 7
+  assert placement.devices_for(1, 8) == 1
+  assert placement.devices_for(10, 4) == 4    # 3 per device beats 5
+  assert placement.devices_for(9, 4) == 3     # 3 + 3 + 3, not 3 + 3 + 3 + 3 padded
+  assert placement.devices_for(10, 2) == 2
+  assert placement.devices_for(5, 4) == 3     # 2 + 2 + 1, one padding model
+  assert placement.devices_for(128, 2) == 2
+  assert placement.devices_for(128, 16) == 16
+  assert placement.devices_for(7, 16) == 7
   for k in range(1, 40):
     for n in range(1, 10):
-      d = runner.devices_for(k, n)
+      d = placement.devices_for(k, n)
       assert 1 <= d <= min(k, n)
       # no device count does better on the first criterion
       assert -(-k // d) == min(-(-k // e) for e in range(1, min(k, n) + 1))

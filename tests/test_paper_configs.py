@@ -22,11 +22,12 @@ CONFIGS = sorted(p.stem for p in pathlib.Path(ROOT, "configs").glob("*.py"))
 # linear network runs all but curvature, whose compilation takes 40 s at that
 # depth (test_probes checks a deep linear network's curvature against its dense
 # Hessian).
-PROBED = {"default": study.PROBES, "small_vgg_digits": study.PROBES,
+PROBES = ("ics", "landscape", "curvature")
+PROBED = {"default": PROBES, "small_vgg_digits": PROBES,
           "small_dln": ("ics", "landscape")}
 
 
-def shortened(config, probes=study.PROBES):
+def shortened(config, probes=PROBES):
   """Same layer structure; two steps, one seed, the last swept value of each
   static field (the norm variants share all code but the norm, tested
   elsewhere), the first swept value of each dynamic field (sweeping those
@@ -39,7 +40,7 @@ def shortened(config, probes=study.PROBES):
   if c.arch == "vgg":
     c.width = min(c.width, 16)
   c.steps = c.segment_steps = c.record_every = c.eval_every = c.scan_length = 2
-  for probe in study.PROBES:  # every probe that is on and in `probes`, at step 2
+  for probe in PROBES:  # every probe that is on and in `probes`, at step 2
     if c[f"{probe}_every"]:
       c[f"{probe}_every"] = 2 if probe in probes else 0
   if c.test_time_every:  # test-time evaluation, at step 2 too

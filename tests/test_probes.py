@@ -14,6 +14,7 @@ import pytest
 from conftest import tiny_config
 from icsjax import data as data_lib
 from icsjax import models
+from icsjax import placement
 from icsjax import runner
 from icsjax import train
 from icsjax.probes import curvature
@@ -159,7 +160,7 @@ def test_curvature_of_a_train_mode_bn_network_matches_its_dense_hessian(tmp_path
   c.sweep.norm = ("batchnorm",)
   study = runner.study_lib.expand(c)
   (gr,) = runner.build_group_runs(study)
-  assert gr.program.num_params == 59
+  assert gr.spec.num_params == 59
   records = runner.run_segment(gr, 0)
   params = jax.tree_util.tree_map(lambda a: a[0], gr.state.params)
   stats = jax.tree_util.tree_map(lambda a: a[0], gr.state.batch_stats)
@@ -215,17 +216,17 @@ def test_probes_do_not_change_training(tmp_path):
 
 
 def test_model_chunks_fit_the_probe_memory():
-  per_model = runner.probes.curvature_bytes_per_model(59, 20)
-  chunk = lambda k, budget, backend="gpu": runner.group_model_chunk(k, 1, per_model, budget,
+  per_model = curvature.bytes_per_model(59, 20)
+  chunk = lambda k, budget, backend="gpu": placement.group_model_chunk(k, 1, per_model, budget,
                                                                     backend)
   assert chunk(4, per_model) == 1 and chunk(4, 3 * per_model) == 2
   assert chunk(4, 10 * per_model) == 0  # the whole share at once
   assert chunk(8, 10 * per_model, "cpu") == 4  # CPU: cache-sized chunks still
   assert chunk(8, 3 * per_model, "cpu") == 2
-  assert runner.group_model_chunk(6, 2, 0, 0, "gpu") == 0  # no curvature: no limit
+  assert placement.group_model_chunk(6, 2, 0, 0, "gpu") == 0  # no curvature: no limit
   # At once: a basis per SLQ vector, or each Hutchinson sample's vector and its work arrays.
-  assert runner.probes.curvature_bytes_per_model(59, 20, 2) == 2 * per_model
-  assert runner.probes.curvature_bytes_per_model(59, 20, 1, 30) == 3 * per_model
+  assert curvature.bytes_per_model(59, 20, 2) == 2 * per_model
+  assert curvature.bytes_per_model(59, 20, 1, 30) == 3 * per_model
 
 
 @pytest.mark.slow
@@ -234,16 +235,16 @@ def test_curvature_in_sequence_at_once_and_in_model_chunks_agree(tmp_path, monke
   one after another), at once (accelerators) and in memory-sized model chunks."""
   c = tiny_curvature_config()
   c.sweep.norm, c.seeds, c.sweep.lr = ("batchnorm",), 2, (0.01, 0.02)
-  build = lambda: runner.build_group_runs(runner.study_lib.expand(c))[0].program
+  build = lambda: runner.build_group_runs(runner.study_lib.expand(c))[0].spec
   assert build().probes_in_sequence
   (per_model,) = quiet_run(c, tmp_path / "per_model").values()
-  monkeypatch.setattr(runner, "probes_in_sequence", lambda backend: False)
+  monkeypatch.setattr(placement, "probes_in_sequence", lambda backend: False)
   at_once = build()
   assert not at_once.probes_in_sequence and at_once.model_chunk == 4 // at_once.devices
   (whole,) = quiet_run(c, tmp_path / "whole").values()
-  bytes_per_model = runner.probes.curvature_bytes_per_model(59, c.lanczos_steps, c.slq_vectors,
+  bytes_per_model = curvature.bytes_per_model(59, c.lanczos_steps, c.slq_vectors,
                                                             c.hutchinson_samples)
-  monkeypatch.setattr(runner, "probe_memory_bytes", lambda config: bytes_per_model)
+  monkeypatch.setattr(placement, "probe_memory_bytes", lambda mb: bytes_per_model)
   assert build().model_chunk == 1
   (chunked,) = quiet_run(c, tmp_path / "chunked").values()
   for other in (per_model, chunked):

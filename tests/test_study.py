@@ -446,8 +446,8 @@ def no_compute(monkeypatch):
   monkeypatch.setattr(data_lib, "load", boom)
   monkeypatch.setattr(store, "prepare_workdir", boom)
   monkeypatch.setattr(runner, "build_group_runs", boom)
-  monkeypatch.setattr(train.GroupProgram, "init", property(boom))
-  monkeypatch.setattr(train.GroupProgram, "segment", property(boom))
+  monkeypatch.setattr(train, "make_loop", boom)
+  monkeypatch.setattr(train, "init_model", boom)
   return runner
 
 

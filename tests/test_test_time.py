@@ -20,11 +20,14 @@ from icsjax import runner
 from icsjax import shifts
 from icsjax import store
 from icsjax import study as study_lib
-from icsjax import test_time
+from icsjax import inference
 from icsjax import train
+from icsjax.forward import model_fns
+from icsjax.records import at_test_time
+from icsjax.spec import GroupSpec
 from test_train import np_loss
 
-FILL = test_time.UNDEFINED_FILL
+FILL = inference.UNDEFINED_FILL
 
 
 # --- NumPy references ---------------------------------------------------------------
@@ -165,7 +168,7 @@ def test_records_match_numpy_for_every_model_including_undefined_batch_one():
   shifted = [x_te] + [
       (np_corrupt(raw, name, s, mean, inv_std, noise_of(c.base_seed, ci, raw.shape)) - mean)
       * inv_std for ci, name in enumerate(c.shift_corruptions) for s in c.shift_severities]
-  coords = test_time.record_coords(gr.program)
+  coords = at_test_time.coords(gr.spec)
   assert coords["stats_mode_defined"][1] == [[False, True, True], [True] * 3, [True] * 3]
   defined = np.array(coords["shift_defined"][1])  # (adapt, adapt_n, adapt_prior)
   assert defined.sum() == defined.size - 2 and not defined[1, 0, 0] and not defined[3, 0, 0]
@@ -180,7 +183,7 @@ def test_records_match_numpy_for_every_model_including_undefined_batch_one():
     for j, b in enumerate(c.test_batch_sizes):
       modes = {"batch": lambda i, pre: batch_stats_np(pre),
                "running": lambda i, pre: running[i], "population": lambda i, pre: population[i]}
-      for mi, mode in enumerate(test_time.STATS_MODES):
+      for mi, mode in enumerate(inference.STATS_MODES):
         got_loss = rec["stats_mode_loss"][m, -1, mi, j]
         got_acc = rec["stats_mode_accuracy"][m, -1, mi, j]
         if mode == "batch" and b == 1:
@@ -214,26 +217,26 @@ def test_records_match_numpy_for_every_model_including_undefined_batch_one():
 # --- no batch statistics, no gap ---------------------------------------------------------
 
 def one_model(c, norm, seed=0):
-  """(program, data, hp, one model's state) of config c with norm, untrained."""
+  """(spec, data, hp, one model's state) of config c with norm, untrained."""
   static = {k: c[k] for k in c if k != "sweep"}
   static["norm"] = norm
-  run = train.RunSpec.from_config(c)
-  data = test_time.with_shifted_sets(data_lib.load(static), run)
-  program = train.GroupProgram(static=static, run=run, task=data.task,
-                               num_outputs=data.num_outputs, input_shape=data.input_shape,
-                               num_train=data.num_train, num_test=data.num_test)
+  run = study_lib.run_spec(c)
+  data = shifts.with_shifted_sets(data_lib.load(static), run, static)
+  spec = GroupSpec(static=static, run=run, task=data.task, num_outputs=data.num_outputs,
+                   input_shape=data.input_shape, num_train=data.num_train,
+                   num_test=data.num_test)
   hp = {k: jnp.float32(c[k]) for k in study_lib.DYNAMIC_FIELDS}
-  return program, data, hp, program.init_model(seed, hp)
+  return spec, data, hp, train.init_model(spec, seed, hp)
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "none"])
 def test_layernorm_and_no_norm_have_no_train_eval_gap(norm):
   c = tiny_config(test_time_every=20, test_batch_sizes=(1, 3, 7, 64), population_batches=2)
   program, data, hp, _ = one_model(c, norm)
-  fn = jax.jit(lambda st: test_time.stats_mode_records(program, st, hp, data))
-  assert all(all(row) for row in test_time.stats_mode_defined(program, c.test_batch_sizes))
+  fn = jax.jit(lambda st: inference.stats_mode_records(program, model_fns(program, hp), st, data))
+  assert all(all(row) for row in inference.stats_mode_defined(program, c.test_batch_sizes))
   for seed in range(3):  # several random models: a property of the norm kind
-    state = program.init_model(seed, hp)
+    state = train.init_model(program, seed, hp)
     state = state.replace(params=jax.tree_util.tree_map(
         lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(seed), p.shape), state.params))
     rec = fn(state)
@@ -255,7 +258,7 @@ def test_separate_adaptation_set_matches_numpy():
                   "var": jnp.asarray(rng.uniform(0.5, 3, size=8), jnp.float32)}
            for name in state.batch_stats}
   state = state.replace(batch_stats=stats)
-  rec = jax.jit(lambda st: test_time.shift_records(program, st, hp, data))(state)
+  rec = jax.jit(lambda st: inference.shift_records(program, model_fns(program, hp), st, data))(state)
   running = [(np.asarray(stats[f"norm_{i}"]["mean"], np.float64),
               np.asarray(stats[f"norm_{i}"]["var"], np.float64)) for i in range(c.depth)]
   mean, inv_std = np.asarray(data.feature_mean), np.asarray(data.feature_inv_std)
@@ -292,8 +295,8 @@ def test_tfds_corrupted_test_sets_are_evaluated_like_the_others():
     src = tfds.data_source("cifar10_corrupted/fog_3", split="test")
     want_x = np.stack([src[i]["image"] for i in range(len(src))]) / 255.0
     want_y = np.array([src[i]["label"] for i in range(len(src))])
-  rec = jax.jit(lambda st: test_time.shift_records(program, st, hp, data))(state)
-  assert test_time.corruption_coords(program.run) == ["clean", "brightness", "tfds_fog"]
+  rec = jax.jit(lambda st: inference.shift_records(program, model_fns(program, hp), st, data))(state)
+  assert shifts.corruption_coords(program.run) == ["clean", "brightness", "tfds_fog"]
   assert rec["shift_loss"].shape == (3, 1, 4, 1, 1)
   x = (want_x - np.asarray(data.feature_mean)) * np.asarray(data.feature_inv_std)
   running = [(np.zeros(8), np.ones(8))] * c.depth  # an untrained model's running statistics
@@ -307,12 +310,12 @@ def test_tfds_corrupted_test_sets_are_evaluated_like_the_others():
 def test_batch_one_is_undefined_only_where_a_set_has_one_element():
   c = tiny_config(arch="vgg", activation="relu", channels=(4, 6), width=8, depth=1)
   program, *_ = one_model(c, "batchnorm")
-  assert test_time.norm_set_sizes(program, 1) == (64, 16, 1)  # 8x8, 4x4 conv; dense
-  assert test_time.norm_set_sizes(program, 3) == (192, 48, 3)
-  assert not test_time.batch_statistics_defined(program, 1)
-  assert test_time.batch_statistics_defined(program, 2)
+  assert program.norm_set_sizes(1) == (64, 16, 1)  # 8x8, 4x4 conv; dense
+  assert program.norm_set_sizes(3) == (192, 48, 3)
+  assert not inference.batch_statistics_defined(program, 1)
+  assert inference.batch_statistics_defined(program, 2)
   for norm in ("layernorm", "none"):
-    assert test_time.batch_statistics_defined(one_model(c, norm)[0], 1)
+    assert inference.batch_statistics_defined(one_model(c, norm)[0], 1)
 
 
 def test_record_dims_are_named():

@@ -8,10 +8,13 @@ import pytest
 
 from conftest import tiny_config
 from icsjax import data as data_lib
+from icsjax import losses
 from icsjax import models
+from icsjax import placement
 from icsjax import runner
 from icsjax import store
 from icsjax import train
+from icsjax.records import batch_stats
 
 
 # --- an independent reference: one model, a Python loop, NumPy statistics ----------
@@ -86,7 +89,7 @@ def reference_run(config, static, model_index_in_group, hp, seed):
     def loss_fn(p):
       (out, taps), upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
                                      hp=hp, rngs={"noise": key}, mutable=["batch_stats"])
-      return train.task_loss(out, y, ds.task)[0], (out, taps, upd.get("batch_stats", {}))
+      return losses.task_loss(out, y, ds.task)[0], (out, taps, upd.get("batch_stats", {}))
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   for t in range(1, config.steps + 1):
@@ -119,7 +122,7 @@ def reference_run(config, static, model_index_in_group, hp, seed):
       units = list(config.tracked_units)
       add("monitor_percentiles",
           [np.quantile(np.asarray(z, np.float64).reshape(-1, z.shape[-1])[:, units],
-                       train.QUANTILES, axis=0).T for _, z in mtaps])
+                       batch_stats.QUANTILES, axis=0).T for _, z in mtaps])
     if t % config.eval_every == 0:
       nb = ds.num_test // b
       for mode, is_train in (("eval_mode", False), ("train_mode", True)):
@@ -266,7 +269,7 @@ def test_diverging_model_is_flagged_and_isolated(tmp_path):
 
 
 def test_models_are_trained_in_per_device_chunks():
-  assert [train.model_chunk(n) for n in (1, 2, 3, 4, 5, 6, 7, 8, 16, 64)] == \
+  assert [placement.model_chunk(n) for n in (1, 2, 3, 4, 5, 6, 7, 8, 16, 64)] == \
       [1, 2, 3, 4, 5, 3, 7, 4, 4, 4]
   k, devices, chunk = 16, 2, 2
   seen = []
@@ -275,7 +278,7 @@ def test_models_are_trained_in_per_device_chunks():
     seen.append(x.shape)
     return x - jnp.min(x)
 
-  out = np.asarray(train._in_chunks(fn, jnp.arange(k), devices, chunk))
+  out = np.asarray(placement.in_chunks(fn, jnp.arange(k), devices, chunk))
   per_device = k // devices
   expected = np.empty(k, int)
   for r in range(per_device // chunk):  # brute force: round r takes chunk models per device
@@ -291,10 +294,10 @@ def test_one_model_per_device_maps_each_devices_models_in_turn():
 
   fn = lambda x, scale: scale * x + jnp.sin(x)
   x = jnp.arange(k, dtype=jnp.float32) ** 2
-  batched = jax.vmap(train.one_model_per_device(fn, devices), in_axes=(0, None))
+  batched = jax.vmap(placement.one_model_per_device(fn, devices), in_axes=(0, None))
   np.testing.assert_allclose(np.asarray(batched(x, 3.0)), 3.0 * x + np.sin(x), rtol=1e-6)
   # One lax.map over per_device rounds, each round one model of each device.
   scans = [e for e in jax.make_jaxpr(batched)(x, 3.0).eqns if e.primitive.name == "scan"]
   assert [e.params["length"] for e in scans] == [per_device]
-  assert float(train.one_model_per_device(fn, devices)(x[2], 3.0)) == pytest.approx(
+  assert float(placement.one_model_per_device(fn, devices)(x[2], 3.0)) == pytest.approx(
       3.0 * float(x[2]) + np.sin(float(x[2])), rel=1e-6)

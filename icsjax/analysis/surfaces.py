@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from icsjax import train
+from icsjax import losses
 
 
 def filter_normalised_direction(key, params):
@@ -65,5 +65,5 @@ def eval_mode_loss(module, batch_stats, x, y, task, hp=None):
   def loss(params):
     out, _ = module.apply({"params": params, "batch_stats": batch_stats}, x, train=False,
                           hp=hp or {})
-    return train.task_loss(out, y, task)[0]
+    return losses.task_loss(out, y, task)[0]
   return loss

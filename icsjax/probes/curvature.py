@@ -1,5 +1,5 @@
 """Curvature from Hessian-vector products: Lanczos, stochastic Lanczos
-quadrature (SLQ) and Hutchinson's trace (DESIGN.md B.4).
+quadrature (SLQ) and Hutchinson's trace (docs/measurements.md, "Curvature").
 
 Lanczos and SLQ take ``hvp``, a map from a vector to the Hessian times it;
 Hutchinson takes ``quadratic_form``, z -> z^T H z. The vectors are pytrees: a
@@ -10,20 +10,24 @@ vectors (see ``lanczos``). Random vectors come from a key; nothing here
 knows about models or steps.
 
 The compiled loop keeps Lanczos's tridiagonal matrices; their small
-eigen-decompositions (``gauss_quadrature``) run in NumPy once per segment.
-Inside the loop, LAPACK's batched eigh ran its batch on a thread pool that
-two CPU devices could deadlock on.
+eigen-decompositions (``gauss_quadrature``) run in NumPy on the host, once per
+segment (``spectrum_records``): inside the loop, LAPACK's batched eigh runs on
+a thread pool that two CPU devices can deadlock on.
 """
 
 from __future__ import annotations
 
 import functools
 
+from typing import Any
+
 import jax
 import numpy as np
 import jax.numpy as jnp
+from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from icsjax import keys
 from icsjax.probes.evaluations import each
 
 # A Lanczos step whose new direction keeps less than this share of |H v| has run
@@ -44,23 +48,16 @@ def tree_hvp(loss_fn, params):
 def tree_quadratic_form(loss_fn, params):
   """z -> z^T H z of loss_fn at params: its second derivative along z, forward
   over forward. Hutchinson needs only this number, and two forward-mode passes
-  skip the backward pass of a Hessian-vector product: on Ioffe's MLP they cost
-  about two thirds of ``tree_hvp`` and a dot product."""
+  skip the backward pass of a Hessian-vector product."""
   def along(p, z):
     return jax.jvp(loss_fn, (p,), (z,))[1]
   return lambda z: jax.jvp(lambda p: along(p, z), (params,), (z,))[1]
 
 
-def tree_dot(a, b):
-  """The dot product of two trees of one structure (lists of arrays included)."""
-  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
-                                            jax.tree_util.tree_leaves(b)))
-
-
 def rademacher(key, like, dtype=jnp.float32):
   """A tree of independent +-1 entries shaped like `like`, one random bit
-  each: threefry makes 32 bits per output, and drawing an output per entry
-  cost more than a Hessian-vector product of a 100k-parameter MLP on a CPU."""
+  each: threefry makes 32 bits per output, and an output per entry would cost
+  more than a Hessian-vector product."""
   leaves, treedef = jax.tree_util.tree_flatten(like)
   sizes = [int(np.prod(np.shape(leaf))) for leaf in leaves]
   words = jax.random.bits(key, (-(-sum(sizes) // 32),), jnp.uint32)
@@ -73,10 +70,8 @@ def rademacher(key, like, dtype=jnp.float32):
 
 def ravel_leaf_by_leaf(tree, size: int, dtype):
   """ravel_pytree's vector, written one leaf at a time into a zero vector. A
-  CPU compiles the concatenation of an unbatched tree into one loop that picks
-  a leaf per element: in an unbatched Lanczos of Ioffe's MLP (a diagonal
-  Hessian) 0.75 ms a step against 0.58 ms leaf by leaf. Under vmap it is the
-  other way round (0.58 against 1.48)."""
+  CPU compiles the concatenation of an unbatched tree into one slow loop that
+  picks a leaf per element; under vmap the concatenation is the faster one."""
   flat, offset = jnp.zeros((size,), dtype), 0
   for leaf in jax.tree_util.tree_leaves(tree):
     flat = jax.lax.dynamic_update_slice(flat, leaf.reshape(-1).astype(dtype), (offset,))
@@ -93,13 +88,10 @@ def lanczos(hvp, v0, steps: int, unbatched: bool = False):
   (steps, *leaf shape). Each step takes the three-term recurrence, then one
   classical Gram-Schmidt pass against the whole basis (Paige's full
   reorthogonalisation). The basis is one (steps, parameters) matrix of
-  raveled vectors, so that pass is two matrix-vector products: one matrix
-  per parameter leaf, which spares each product a split and a concatenation,
-  ran slower in the compiled probe on a CPU and on a GPU
-  (benchmarks/curvature_parts.py: "per_leaf" against "no_branch"). The basis
-  is read twice a step, at float32 precision (a TF32 product would leave the
-  new vector far from orthogonal); that reading is a memory-bound share of a
-  step as large as the three-term recurrence and the products' overhead.
+  raveled vectors, so that pass is two matrix-vector products (one matrix
+  per parameter leaf ran slower: benchmarks/curvature_parts.py). The basis is
+  read twice a step, at float32 precision: a TF32 product would leave the new
+  vector far from orthogonal.
 
   When the Krylov space of v0 is exhausted (an invariant subspace: the
   recurrence leaves less than BREAKDOWN of |H v|), the next direction is a new
@@ -212,3 +204,79 @@ def hutchinson_trace(quadratic_form, like, samples: int, key, in_sequence: bool 
 def moments(nodes, weights, orders):
   """SLQ spectral density moments: mean over vectors of sum_j weights * nodes**k."""
   return np.stack([np.mean(np.sum(weights * nodes ** k, axis=-1)) for k in orders])
+
+
+# Slack over the Lanczos basis (steps x parameters floats) for the work arrays of
+# a Hessian-vector product and the eigen-decomposition, per model.
+MEMORY_FACTOR = 1.5
+
+
+def bytes_per_model(num_params: int, lanczos_steps: int, slq_vectors: int = 1,
+                    hutchinson_samples: int = 0) -> int:
+  """Memory the probe holds per model, with slack: its Lanczos bases
+  (slq_vectors of them, when the vectors run at once) or, if larger, the
+  vector of each of hutchinson_samples run at once, doubled for the forward-
+  mode work arrays of its z^T H z (Hutchinson follows SLQ, so the two take
+  turns with the memory)."""
+  floats = max(lanczos_steps * slq_vectors, 2 * hutchinson_samples) * num_params
+  return int(MEMORY_FACTOR * 4 * floats)
+
+
+def eos_threshold(optimizer: str, lr, momentum):
+  """The edge-of-stability sharpness 2/lr (GD) or (2 + 2 beta)/lr (heavy ball,
+  Cohen et al. 2021); NaN for Adam, whose threshold is on the preconditioned
+  Hessian, which this probe does not measure."""
+  if optimizer == "sgd":
+    return 2.0 / lr
+  if optimizer == "momentum":
+    return (2.0 + 2.0 * momentum) / lr
+  return np.full_like(lr, np.nan)
+
+
+def optimizer_constants(optimizer: str, hparams) -> dict:
+  """Per model: the momentum (Adam: b1; SGD: 0) and the edge-of-stability threshold."""
+  momentum = {"sgd": 0.0 * hparams["lr"], "momentum": hparams["momentum"],
+              "adam": hparams["b1"]}[optimizer]
+  return {"optimizer_momentum": momentum,
+          "eos_threshold": eos_threshold(optimizer, hparams["lr"], momentum)}
+
+
+class ProbeInputs(struct.PyTreeNode):
+  """What the probe reads of one model: passed explicitly, so that a CPU can
+  run it one model per device (icsjax.placement.one_model_per_device)."""
+  params: Any
+  batch_stats: Any
+  x: jax.Array          # the fixed probe batch
+  y: jax.Array
+  noise_key: Any        # frozen for the whole probe (None without noise)
+  vector_key: jax.Array
+
+
+def inputs(spec, fns, at) -> ProbeInputs:
+  """The state after update `at.step`, on the first curvature_batch_size training
+  examples, with this step's probe noise and random vectors."""
+  b = spec.run.curvature_batch_size
+  state = at.state
+  return ProbeInputs(state.params, state.batch_stats, at.data.train_x[:b], at.data.train_y[:b],
+                     fns.noise_key(state, at.step, keys.CURVATURE_NOISE),
+                     keys.draw_key(state.noise_key, at.step, keys.CURVATURE_VECTORS))
+
+
+def records(spec, fns, probe: ProbeInputs):
+  """Lanczos tridiagonals (SLQ), trace and per-layer norms on the probe batch,
+  train mode, noise frozen. The spectrum itself comes from the tridiagonals on
+  the host (``spectrum_records``)."""
+  loss_fn = lambda p: fns.loss(p, probe.batch_stats, probe.x, probe.y, probe.noise_key)[0]
+  params = probe.params
+  hvp = tree_hvp(loss_fn, params)
+  k_slq, k_trace = jax.random.split(probe.vector_key)
+  run, in_sequence = spec.run, spec.probes_in_sequence
+  alphas, betas = slq(hvp, params, run.lanczos_steps, run.slq_vectors, k_slq, in_sequence)
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  kernel_norm = lambda tree: jnp.stack([jnp.linalg.norm(tree[name]["kernel"].ravel())
+                                        for name in spec.weight_layers])
+  return {"lanczos_alpha": alphas, "lanczos_beta": betas,
+          "hessian_trace": hutchinson_trace(tree_quadratic_form(loss_fn, params), params,
+                                            run.hutchinson_samples, k_trace, in_sequence),
+          "probe_loss": loss, "probe_grad_norm": kernel_norm(grads),
+          "weight_norm": kernel_norm(params)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from icsjax.probes.evaluations import each
 
@@ -61,3 +62,12 @@ def gradient_ics(grad_fn, params, new_params, grads, weight_layers: tuple[str, .
   rest = each(layer_change, jnp.arange(1, len(weight_layers)), in_sequence)
   diff, rel, cos = jnp.concatenate([first[None], rest]).T
   return {"ics_grad_diff": diff, "ics_grad_diff_relative": rel, "ics_grad_cosine": cos}
+
+
+def records(spec, fns, at):
+  """Gradient-ICS of update `at.step` itself: its batch, noise draw, parameters
+  before it and real update."""
+  u = at.update
+  grad_fn = jax.grad(lambda p: fns.loss(p, u.batch_stats, u.x, u.y, u.noise_key)[0])
+  return gradient_ics(grad_fn, u.params, optax.apply_updates(u.params, u.updates), u.grads,
+                      spec.weight_layers, spec.probes_in_sequence)

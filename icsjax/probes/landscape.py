@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from optax import tree_utils
 
 from icsjax.probes.evaluations import each
-
-
-def tree_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def along_update(loss_and_grad_fn, params, update, base_loss, base_grads,
@@ -24,16 +21,24 @@ def along_update(loss_and_grad_fn, params, update, base_loss, base_grads,
   """Landscape records of one step, a gradient per eta: the etas in sequence or
   at once (``evaluations.each``)."""
   def at(c):
-    point = jax.tree_util.tree_map(lambda p, u: p + c * u, params, update)
-    loss, grads = loss_and_grad_fn(point)
-    return loss, tree_norm(jax.tree_util.tree_map(jnp.subtract, base_grads, grads))
+    loss, grads = loss_and_grad_fn(tree_utils.tree_add_scale(params, c, update))
+    return loss, tree_utils.tree_norm(tree_utils.tree_sub(base_grads, grads))
 
   multiples = jnp.asarray(lr_multiples, base_loss.dtype)
   losses, grad_diffs = each(at, multiples, in_sequence)
-  update_norm = tree_norm(update)
+  update_norm = tree_utils.tree_norm(update)
   all_losses = jnp.concatenate([base_loss[None], losses])
   return {"landscape_loss": losses,
           "landscape_grad_diff": grad_diffs,
           "landscape_loss_variation": jnp.max(all_losses) - jnp.min(all_losses),
           "landscape_beta_smoothness": jnp.max(grad_diffs / (multiples * update_norm)),
           "landscape_update_norm": update_norm}
+
+
+def records(spec, fns, at):
+  """Landscape records along update `at.step`, on its batch with its noise draw."""
+  u = at.update
+  loss_and_grad = jax.value_and_grad(
+      lambda p: fns.loss(p, u.batch_stats, u.x, u.y, u.noise_key)[0])
+  return along_update(loss_and_grad, u.params, u.updates, u.loss, u.grads,
+                      spec.run.landscape_lr_multiples, spec.probes_in_sequence)

@@ -3,8 +3,8 @@
   python -m icsjax.report WORKDIR
 
 ``write(workdir)`` loads the workdir's records (``icsjax.analysis.load``),
-draws the figures its records allow, computes one section per question of
-DESIGN.md C with seed-paired effects, and writes WORKDIR/report/.
+draws the figures its records allow, answers each of the five questions (README,
+"The report") with seed-paired effects, and writes WORKDIR/report/.
 """
 
 from __future__ import annotations

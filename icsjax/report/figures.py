@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D  # no pyplot: no global state, Agg by default
 
 from icsjax.report import effects as fx
+from icsjax.report import inference as tt
 from icsjax.report import metrics
 from icsjax.report import stats
 
@@ -318,7 +319,6 @@ def _masked_band(ax, x, values: np.ndarray, colour, label, lw=1.6, alpha=0.15, *
 def test_time_modes(ds, folder):
   """Test accuracy against the test batch size, per statistics mode (batch, running,
   population) and variant, at the first and last test-time step; undefined left out."""
-  from icsjax.report import test_time as tt
   if not tt.has_stats(ds):
     return None
   cs, vs, ss = fx.cells(ds), fx.variants(ds), tt.steps(ds)
@@ -369,7 +369,6 @@ def _mask(ds, variant, cell):
 def shift_adaptation(ds, folder):
   """Accuracy against the severity (0: clean) per corruption, without adaptation and with
   full adaptation at every prior N, at the last test-time step."""
-  from icsjax.report import test_time as tt
   if not tt.has_shift(ds):
     return None
   acc, _ = tt.shift_accuracy(ds)

@@ -14,6 +14,8 @@ from typing import Callable
 
 import xarray as xr
 
+from icsjax import records as records_lib
+
 EARLY_FRACTION = 0.1  # "early training": the first tenth of the steps
 
 
@@ -63,9 +65,9 @@ def _grad_predictiveness(ds):
 
 def _probe_mean(key, label, definition, var, probe) -> Metric:
   """A probe's per-event scalar, averaged over its events (a ratio metric)."""
-  time = f"{probe}_step"
+  kind = records_lib.BY_NAME[probe]
   return Metric(key, label, f"{definition}, averaged over {probe} probes", "ratio", (var,),
-                lambda ds: ds[var].mean(time, skipna=False), cadence=f"{probe}_every")
+                lambda ds: ds[var].mean(kind.axis, skipna=False), cadence=kind.cadence)
 
 
 def _test_mode_gap(ds):
@@ -94,12 +96,13 @@ GRAD_ICS = Metric(
     "relative change of a layer's gradient when the layers before it take this step's "
     "update (Santurkar et al. Def. 2.1), averaged over probe steps and over the weight "
     "layers after the first", "ratio", ("ics_grad_diff_relative",), _grad_ics,
-    cadence="ics_every")
+    cadence=records_lib.BY_NAME["ics"].cadence)
 GRAD_PREDICTIVENESS = Metric(
     "grad_predictiveness", "gradient change along the update",
     "‖∇L(θ) − ∇L(θ − ηd)‖ averaged over probe steps and step sizes η "
     "(lower: the gradient predicts the gradient a step away better)", "ratio",
-    ("landscape_grad_diff",), _grad_predictiveness, cadence="landscape_every")
+    ("landscape_grad_diff",), _grad_predictiveness,
+    cadence=records_lib.BY_NAME["landscape"].cadence)
 BETA_SMOOTHNESS = _probe_mean(
     "beta_smoothness", "effective β-smoothness", "max over η of ‖∇L(θ) − ∇L(θ − ηd)‖ / ‖ηd‖",
     "landscape_beta_smoothness", "landscape")

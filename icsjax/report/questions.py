@@ -1,4 +1,4 @@
-"""One section per question of DESIGN.md C: measured effects, and an answer that
+"""One section per question the report answers (README, "The report"): measured effects, and an answer that
 follows from them.
 
 Answers are assembled from the verdicts of the effects (lower, higher,
@@ -14,10 +14,12 @@ import math
 
 import xarray as xr
 
-from icsjax import study as study_lib
+from icsjax.norms import BATCH_NORM_KINDS
 from icsjax.report import effects as fx
+from icsjax.report import inference as tt
 from icsjax.report import metrics as m
 from icsjax.report import render as r
+from icsjax.report.tables import definitions, effects_table, variant_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,39 +84,6 @@ def reading(effects, lower: str, higher: str, unclear: str = "inconclusive") -> 
   if verdict in words:
     return words[verdict]
   return "mixed (" + "; ".join(f"{words[e.verdict]} at {e.cell_text()}" for e in effects) + ")"
-
-
-def effects_table(effects) -> r.Table:
-  rows = []
-  for e in effects:
-    n = e.interval.n
-    seeds = f"{n}" + (" (fewer than 5!)" if e.interval.few_seeds else "")
-    if e.seeds > n:
-      seeds += f"; {e.seeds - n} pair(s) dropped"
-    kind = "ratio" if e.scale == "ratio" else "difference"
-    rows.append((e.contrast, f"{e.metric.label} ({kind})", e.cell_text(), e.text(), seeds,
-                 e.verdict))
-  return r.Table(("comparison", "measure", "where", "effect [95% CI]", "seeds paired",
-                  "reading"), tuple(rows))
-
-
-def variant_table(ds: xr.Dataset, metrics) -> r.Table:
-  """Per variant and cell: each metric's mean [95% t interval] over seeds (not paired)."""
-  frames = [(metric, fx.per_variant_summary(ds, metric)) for metric in metrics]
-  keys = [fx.VARIANT] + fx.cell_levels(ds)
-  rows = []
-  for i in range(len(frames[0][1])):
-    row = [fx.value_text(frames[0][1].iloc[i][k]) for k in keys]
-    for metric, frame in frames:
-      s = frame.iloc[i]
-      ci = "" if math.isnan(s.low) else f" [{s.low:{metric.fmt}}, {s.high:{metric.fmt}}]"
-      row.append(f"{s['mean']:{metric.fmt}}{ci}")
-    rows.append(tuple(row))
-  return r.Table(tuple(keys) + tuple(metric.label for metric, _ in frames), tuple(rows))
-
-
-def definitions(metrics) -> r.Bullets:
-  return r.Bullets(tuple(f"**{x.label}:** {x.definition}." for x in metrics))
 
 
 def missing_probe(metric) -> str:
@@ -353,7 +322,7 @@ def _not_analysed(ds) -> str:
   """What the section cannot say yet, and whether the workdir holds the records for it."""
   wanted = ("accuracy with recomputed population statistics, by test batch size, and under "
             "shifted test inputs with and without re-estimating the batch-norm statistics "
-            "(DESIGN.md B.7)")
+            "(docs/measurements.md, \"Test time\")")
   recorded = sorted(str(k) for k, v in ds.data_vars.items() if TEST_TIME_DIM in v.dims)
   if recorded:
     return (f"This workdir holds test-time records ({', '.join(f'`{k}`' for k in recorded)}) "
@@ -367,7 +336,7 @@ def _not_analysed(ds) -> str:
 
 def _q5_fallback(ds, question) -> Section:
   """Without test-time records: eval mode against train mode at the training batch size."""
-  bn = [v for v in fx.variants(ds) if v in study_lib.BATCH_NORM_KINDS]
+  bn = [v for v in fx.variants(ds) if v in BATCH_NORM_KINDS]
   have, notes = _available([m.TEST_MODE_GAP], ds)
   effects, details, headline = [], [], []
   for v in bn if have else []:
@@ -388,7 +357,6 @@ def _q5_fallback(ds, question) -> Section:
 
 def q5(ds, figs, info) -> Section:
   """Why does a BN model behave differently at test time, and what helps?"""
-  from icsjax.report import test_time as tt  # it uses this module's tables
   question = "Why does a batch-norm model behave differently at test time, and what helps?"
   if not tt.has_stats(ds):
     return _q5_fallback(ds, question)

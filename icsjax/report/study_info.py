@@ -11,6 +11,7 @@ import pathlib
 
 import xarray as xr
 
+from icsjax import records as records_lib
 from icsjax.report import effects as fx
 from icsjax.report import render as r
 from icsjax.report import stats
@@ -27,8 +28,8 @@ EMBEDDED = ("digits", "gaussian_regression")
 # The papers' runs: Ioffe & Szegedy 50k steps on MNIST, Santurkar et al. 15k on
 # CIFAR-10; a study well short of that is a smoke test of the tool.
 PAPER_SCALE_STEPS = 10_000
-PROBES = (("ics_every", "gradient-ICS"), ("landscape_every", "landscape along the update"),
-          ("curvature_every", "curvature (Lanczos, Hutchinson)"))
+# The records a study may switch off, in words.
+OPTIONAL = tuple((k.cadence, k.title) for k in records_lib.KINDS if k.optional)
 
 
 def read(workdir) -> dict:
@@ -73,7 +74,7 @@ def _data(info) -> str:
 def blocks(ds: xr.Dataset, info: dict) -> list:
   cfg = info["config"]
   probes = "; ".join(f"{name} every {cfg[f]} steps" if cfg.get(f) else f"{name} off"
-                     for f, name in PROBES)
+                     for f, name in OPTIONAL)
   seeds = len(fx.level_values(ds, fx.SEED))
   items = [
       f"**Data:** {_data(info)}; test accuracy over {ds.attrs.get('test_examples_evaluated', '?')} "
@@ -91,7 +92,7 @@ def blocks(ds: xr.Dataset, info: dict) -> list:
       f"{fx.diverged(ds)} diverged.",
       f"**Records:** batch statistics every {cfg.get('record_every', '?')} steps (monitor "
       f"mode `{ds.attrs.get('monitor_mode', '?')}`), test evaluation every "
-      f"{cfg.get('eval_every', '?')} steps; probes: {probes}.",
+      f"{cfg.get('eval_every', '?')} steps; probes and evaluations: {probes}.",
   ]
   versions = info["versions"]
   if versions:

@@ -1,4 +1,5 @@
-"""Question 5 from the test-time records (DESIGN.md B.7, icsjax.test_time).
+"""Question 5 from the test-time records (docs/measurements.md, "Test time";
+icsjax.inference).
 
 Three measured parts, each a seed-paired effect per cell (the other swept
 labels, e.g. lr or bn_momentum) and per value of the record's own axes, which
@@ -21,10 +22,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from icsjax import study as study_lib
+from icsjax.norms import BATCH_NORM_KINDS
 from icsjax.report import effects as fx
 from icsjax.report import render as r
 from icsjax.report.metrics import Metric
+from icsjax.report.tables import effects_table
 
 STATS = "stats_mode_accuracy"
 SHIFT = "shift_accuracy"
@@ -71,7 +73,7 @@ def has_shift(ds) -> bool:
 
 
 def bn_variants(ds) -> list[str]:
-  return [v for v in fx.variants(ds) if v in study_lib.BATCH_NORM_KINDS]
+  return [v for v in fx.variants(ds) if v in BATCH_NORM_KINDS]
 
 
 def steps(ds) -> list:
@@ -202,11 +204,10 @@ def _words(lower, higher) -> dict:
 
 
 def _table_blocks(title, effects) -> list:
-  from icsjax.report import questions  # questions imports this module lazily
   if not effects:
     return []
   return [r.Para(f"{title} (95% t intervals over seed indices):"),
-          questions.effects_table(effects)]
+          effects_table(effects)]
 
 
 def _no_gap_sentence(ds, v) -> str:

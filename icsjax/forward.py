@@ -1,0 +1,78 @@
+"""One model's forward pass and loss as closures over its group and its
+per-model hyperparameters: what the training step and every record kind call.
+
+Hyperparameters (``hp``: learning rate, BN momentum, noise magnitudes, ...)
+arrive as traced scalars, so a vmapped group sweeps them without recompiling.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax.numpy as jnp
+
+from icsjax import keys
+from icsjax import losses
+from icsjax.norms import ADAPT_MEAN_WEIGHT, ADAPT_SCALE_WEIGHT, batch_moments
+from icsjax.spec import GroupSpec
+
+
+class ModelFns(NamedTuple):
+  apply: Callable    # (params, batch_stats, x, *, train, noise_key=None) -> (outputs, taps, stats)
+  loss: Callable     # (params, batch_stats, x, y, noise_key) -> (loss, (accuracy, taps, stats))
+  adapted: Callable  # (params, batch_stats, x, weights) -> (outputs, adapted batch_stats)
+  noise_key: Callable  # (state, step, purpose) -> the norm's noise key, or None without noise
+
+
+def model_fns(spec: GroupSpec, hp) -> ModelFns:
+  model = spec.model
+
+  def apply(params, batch_stats, x, *, train: bool, noise_key=None):
+    """Forward pass: (outputs, taps, new batch_stats). Train mode normalises by
+    batch statistics (and draws noise when noise_key is given); eval mode by
+    the running ones."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    rngs = {"noise": noise_key} if noise_key is not None else {}
+    if train:
+      (out, taps), updated = model.apply(variables, x, train=True, hp=hp, rngs=rngs,
+                                         mutable=["batch_stats"])
+      return out, taps, updated.get("batch_stats", {})
+    out, taps = model.apply(variables, x, train=False, hp=hp)
+    return out, taps, batch_stats
+
+  def loss(params, batch_stats, x, y, noise_key):
+    """Train-mode loss of a batch: (loss, (accuracy, taps, updated batch_stats))."""
+    out, taps, new_stats = apply(params, batch_stats, x, train=True, noise_key=noise_key)
+    value, acc = losses.task_loss(out, y, spec.task)
+    return value, (acc, taps, new_stats)
+
+  def adapted(params, batch_stats, x, weights):
+    """Eval mode with each norm's statistics mixed with x's own by weights
+    (w_mean, w_scale) (BN adaptation): (outputs, the mixed statistics)."""
+    mixed_hp = {**hp, ADAPT_MEAN_WEIGHT: weights[0], ADAPT_SCALE_WEIGHT: weights[1]}
+    (out, _), updated = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                    train=False, hp=mixed_hp, mutable=["batch_stats"])
+    return out, updated.get("batch_stats", {})
+
+  def noise_key(state, step, purpose: int):
+    return keys.draw_key(state.noise_key, step, purpose) if spec.noisy else None
+
+  return ModelFns(apply, loss, adapted, noise_key)
+
+
+def stack_layers(per_layer, units: int):
+  """Stacks per-layer (units_i, ...) arrays into (layer, units, ...), NaN-padded
+  where a layer has fewer units than the widest one."""
+  pad = lambda a: jnp.pad(a, [(0, units - a.shape[0])] + [(0, 0)] * (a.ndim - 1),
+                          constant_values=jnp.nan)
+  return jnp.stack([pad(a) for a in per_layer])
+
+
+def tap_moments(taps, units: int):
+  """Batch moments of each layer's pre-norm activation and nonlinearity input, (layer, unit)."""
+  out = {}
+  for name, which in (("preact", 0), ("nonlin_input", 1)):
+    moments = [batch_moments(tap[which]) for tap in taps]
+    out[f"{name}_mean"] = stack_layers([m for m, _ in moments], units)
+    out[f"{name}_var"] = stack_layers([v for _, v in moments], units)
+  return out

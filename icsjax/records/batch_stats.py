@@ -1,0 +1,69 @@
+"""Batch-statistic trajectories (docs/measurements.md, "Batch-statistic
+trajectories"): per layer and unit, the minibatch moments of the pre-norm
+activation and of the nonlinearity input, the running statistics, and
+percentiles of the nonlinearity input over a fixed monitor set."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from icsjax import fields as f
+from icsjax import keys
+from icsjax.forward import stack_layers
+from icsjax.records.kind import RecordKind
+
+QUANTILES = (0.15, 0.50, 0.85)
+MONITOR_MODES = ("train", "eval")
+
+
+def compute(spec, fns, at):
+  """The update's batch moments (computed by the step), the running statistics after it, and the monitor
+  set's percentiles (train mode with this step's monitor noise, or eval mode)."""
+  state = at.state
+  rec = dict(at.update.moments)
+  for name in spec.running_stat_names:
+    rec[f"running_{name}"] = stack_layers(
+        [state.batch_stats[f"norm_{i}"][name] for i in range(spec.num_layers)], spec.max_units)
+  train = spec.run.monitor_mode == "train"
+  noise = fns.noise_key(state, at.step, keys.MONITOR) if train else None
+  _, taps, _ = fns.apply(state.params, state.batch_stats, at.data.monitor_x, train=train,
+                         noise_key=noise)
+  units = jnp.asarray(spec.run.tracked_units)
+  q = jnp.asarray(QUANTILES)
+  # Over monitor examples (and, in a conv layer, every position): (layer, unit, quantile)
+  rec["monitor_percentiles"] = jnp.stack(
+      [jnp.quantile(z.reshape(-1, z.shape[-1])[:, units], q, axis=0).T for _, z in taps])
+  return rec
+
+
+def check(static, config, sizes, where):
+  from icsjax import models  # shapes only
+  units = min(models.build(static, 1).layer_units)
+  bad = [u for u in config.tracked_units if u >= units]
+  if bad:
+    raise f.fail("tracked_units", tuple(config.tracked_units),
+                 f"must name units below {units}, the narrowest normalised layer "
+                 f"(width, channels){where}")
+
+
+KIND = RecordKind(
+    name="record", title="batch statistics", cadence="record_every", compute=compute,
+    time_axis="record_step", optional=False,
+    fields={
+        "record_every": f.Field("run", f.integer(1), "cadence of batch-statistic records"),
+        "tracked_units": f.Field("run", f.unit_tuple,
+                                 "units whose monitor-set percentiles are recorded"),
+        "monitor_mode": f.Field("run", f.choice(MONITOR_MODES),
+                                "norm mode of the percentile pass"),
+    },
+    dims={"monitor_percentiles": ("layer", "tracked_unit", "quantile")},
+    default_dims=("layer", "unit"),
+    check=check,
+    coords=lambda spec: {"layer": (["layer"], list(spec.layer_names)),
+                         "layer_units": (["layer"], list(spec.layer_units)),
+                         "unit": (["unit"], list(range(spec.max_units))),
+                         "tracked_unit": (["tracked_unit"], list(spec.run.tracked_units)),
+                         "quantile": (["quantile"], list(QUANTILES))},
+    attrs=lambda spec: {"monitor_mode": spec.run.monitor_mode,
+                        "monitor_examples": spec.static["monitor_size"]},
+)

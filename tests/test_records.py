@@ -1,0 +1,79 @@
+"""The registry of record kinds: a new kind is one declaration and its compute
+function, and validation, the loop, the store, loading and the summary follow."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from icsjax import fields as f
+from icsjax import records as records_lib
+from icsjax import runner
+from icsjax import study
+from icsjax.records.kind import Column, RecordKind
+from icsjax.study import ConfigError
+
+
+def kernel_norms(spec, fns, at):
+  """The README's example: each weight layer's kernel norm after the update."""
+  params = at.state.params
+  return {"kernel_norm": jnp.stack([jnp.linalg.norm(params[name]["kernel"].ravel())
+                                    for name in spec.weight_layers])}
+
+
+KERNEL_NORMS = RecordKind(
+    name="kernel_norms", title="kernel norms", cadence="kernel_norms_every",
+    compute=kernel_norms,
+    fields={"kernel_norms_every": f.Field("run", f.integer(0),
+                                          "steps between kernel-norm records (0: off)")},
+    dims={"kernel_norm": ("weight_layer",)},
+    coords=lambda spec: {"weight_layer": (["weight_layer"], list(spec.weight_layers))},
+    attrs=lambda spec: {"kernel_norms": "the Frobenius norm of each layer's kernel"},
+    summary=(Column("kernel_norm", "kernel norm", "last"),),
+)
+
+
+@pytest.fixture
+def registered(monkeypatch):
+  """What adding records/kernel_norms.py and a line in KINDS does at import."""
+  kinds = records_lib.KINDS + (KERNEL_NORMS,)
+  monkeypatch.setattr(records_lib, "KINDS", kinds)
+  monkeypatch.setattr(records_lib, "BY_NAME", {k.name: k for k in kinds})
+  fields = {**study.CORE_FIELDS, **records_lib.fields()}
+  monkeypatch.setattr(study, "FIELDS", fields)
+  monkeypatch.setattr(study, "RUN_FIELDS", tuple(k for k, v in fields.items()
+                                                 if v.role == "run"))
+
+
+def test_a_registered_kind_is_validated_computed_stored_loaded_and_summarised(
+    registered, tmp_path):
+  c = tiny_config(steps=20)
+  c.kernel_norms_every = 3
+  with pytest.raises(ConfigError, match="kernel_norms_every=3 must be a multiple of "
+                                        "scan_length=5"):
+    study.validate(c)
+  c.kernel_norms_every = 10
+  (ds,) = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None).values()
+  assert ds.kernel_norm.dims == ("model", "kernel_norms_step", "weight_layer")
+  assert list(ds.kernel_norms_step.values) == [10, 20]
+  assert list(ds.weight_layer.values) == ["dense_0", "dense_1", "dense_out"]
+  assert ds.attrs["kernel_norms"] == "the Frobenius norm of each layer's kernel"
+  # The records are what they say: the final kernels' norms, from the checkpoint.
+  from icsjax import analysis
+  for m, lr in enumerate(ds.lr.values):
+    model = analysis.load_model(tmp_path / "w", variant="batchnorm", seed=int(ds.seed[m]),
+                                lr=float(lr))
+    want = [np.linalg.norm(np.asarray(model.variables["params"][n]["kernel"]))
+            for n in ("dense_0", "dense_1", "dense_out")]
+    np.testing.assert_allclose(ds.kernel_norm.values[m, -1], want, rtol=1e-6)
+  assert "kernel norm" in (tmp_path / "w" / "summary.txt").read_text()
+
+
+def test_every_kind_declares_a_cadence_field_and_dims_of_its_own():
+  names = [k.name for k in records_lib.KINDS]
+  assert len(set(names)) == len(names)
+  axes = [k.axis for k in records_lib.KINDS] + [records_lib.PER_STEP_AXIS]
+  assert len(set(axes)) == len(axes)
+  for kind in records_lib.KINDS:
+    assert kind.cadence in kind.fields and kind.fields[kind.cadence].role == "run"
+    assert kind.cadence in study.FIELDS
