@@ -10,7 +10,10 @@ Runtime: about 40 s on one H100 (65,727 / 48,602 model-steps/s without / with BN
 9 min on a 2-core CPU (1,140 / 853); benchmarks/study_rate.py --synthetic_data.
 """
 
-from configs import default
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import default
+except ImportError:  # a checkout, run from its root
+  from configs import default
 
 
 def get_config():

@@ -11,7 +11,10 @@ model-steps/s without / with BN, benchmarks/study_rate.py); about 35 min on a
 256, scaled to batch 1024).
 """
 
-from configs import default
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import default
+except ImportError:  # a checkout, run from its root
+  from configs import default
 
 
 def get_config():

@@ -14,7 +14,10 @@ unnormalised group with benchmarks/study_rate.py --synthetic_data, jax 0.11.2;
 135,000 model-steps in all; first segment with compilation 47 s per group).
 """
 
-from configs import default
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import default
+except ImportError:  # a checkout, run from its root
+  from configs import default
 
 
 def get_config():

@@ -7,7 +7,10 @@ Runtime: about 1 min on a 2-core CPU (2,251 / 1,539 model-steps/s without / with
 benchmarks/study_rate.py, jax 0.10.2).
 """
 
-from configs import default
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import default
+except ImportError:  # a checkout, run from its root
+  from configs import default
 
 
 def get_config():

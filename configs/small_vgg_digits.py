@@ -7,7 +7,10 @@ Runtime: about 2 min on a 2-core CPU (306 / 293 / 193 model-steps/s for none /
 BN / noisy BN, benchmarks/study_rate.py, jax 0.10.2).
 """
 
-from configs import default
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import default
+except ImportError:  # a checkout, run from its root
+  from configs import default
 
 
 def get_config():
