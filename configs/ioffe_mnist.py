@@ -33,5 +33,6 @@ def get_config():
   c.curvature_every, c.curvature_batch_size = 5000, 1000
   c.sweep.norm = ("none", "batchnorm")
   c.sweep.lr = (0.5,)
-  c.test_time_every = 0  # test-time evaluation (DESIGN.md B.7): its runtime here is unmeasured
+  # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured
+  c.test_time_every = 0
   return c

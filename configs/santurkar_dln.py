@@ -37,5 +37,6 @@ def get_config():
   c.curvature_every, c.curvature_batch_size = 2000, 1024  # the full batch
   c.sweep.norm = ("none", "batchnorm")
   c.sweep.lr = (1e-3, 3e-3, 1e-2, 3e-2)
-  c.test_time_every = 0  # test-time evaluation (DESIGN.md B.7): its runtime here is unmeasured
+  # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured
+  c.test_time_every = 0
   return c

@@ -22,5 +22,6 @@ def get_config():
   c.steps = 2000
   c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")
   c.sweep.lr = (0.1,)
-  c.test_time_every = 0  # test-time evaluation (DESIGN.md B.7): its runtime here is unmeasured
+  # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured
+  c.test_time_every = 0
   return c
