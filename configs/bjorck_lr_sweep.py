@@ -11,7 +11,10 @@ Runtime: about 15 min on one H100 (192,000 model-steps at the 230 model-steps/s
 measured for configs/santurkar_vgg_cifar10.py, plus compilation).
 """
 
-from configs import santurkar_vgg_cifar10
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import santurkar_vgg_cifar10
+except ImportError:  # a checkout, run from its root
+  from configs import santurkar_vgg_cifar10
 
 
 def get_config():

@@ -10,7 +10,7 @@ checkpoints, the report; jax 0.10.2, one XLA device per core, fresh venv);
 without probes and test time about 50 s; 30 s on one H100 without probes. The
 test-time evaluation (test_time_every) adds about 15 s: about 3 s of
 compilation per group, and per evaluation 0.20 of a 500-step training segment
-with the probes (0.46 without them; benchmarks/test_time_cost.py).
+with the probes (0.46 without them; benchmarks/inference_cost.py).
 
 Override any field on the command line, e.g. ``--config.seeds=8`` or
 ``--config.sweep.lr="(0.05,0.1,0.5)"``.
@@ -70,7 +70,8 @@ def get_config():
   # checkpoints (WORKDIR/checkpoints): a rerun of the same command resumes from the latest
   c.checkpoint_segments = 1
   c.checkpoint_keep = 0
-  # probes (DESIGN.md B.2-B.4): every cadence a multiple of scan_length; 0 = off
+  # probes (docs/measurements.md: "Gradient-ICS", "Loss landscape along the update",
+  # "Curvature"): every cadence a multiple of scan_length; 0 = off
   c.ics_every = 250
   c.landscape_every = 250
   c.landscape_lr_multiples = (0.5, 1.0, 2.0, 4.0)  # Santurkar et al. Fig. 4 (VGG): [0.5, 4] x lr
@@ -80,7 +81,7 @@ def get_config():
   c.slq_vectors = 1
   c.hutchinson_samples = 10
   c.probe_memory_mb = 0
-  # test time (DESIGN.md B.7): statistics modes by test batch size, shifted test
+  # test time (docs/measurements.md, "Test time"): statistics modes by test batch size, shifted test
   # inputs, BN adaptation (Schneider et al. 2020); test_time_every = 0 switches it off
   c.test_time_every = 500
   c.test_batch_sizes = (1, 8, 60)

@@ -10,7 +10,10 @@ Runtime: about 40 s on one H100 (65,727 / 48,602 model-steps/s without / with BN
 9 min on a 2-core CPU (1,140 / 853); benchmarks/study_rate.py --synthetic_data.
 """
 
-from configs import default
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import default
+except ImportError:  # a checkout, run from its root
+  from configs import default
 
 
 def get_config():
@@ -30,5 +33,6 @@ def get_config():
   c.curvature_every, c.curvature_batch_size = 5000, 1000
   c.sweep.norm = ("none", "batchnorm")
   c.sweep.lr = (0.5,)
-  c.test_time_every = 0  # test-time evaluation (DESIGN.md B.7): its runtime here is unmeasured
+  # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured
+  c.test_time_every = 0
   return c

@@ -11,7 +11,10 @@ model-steps/s without / with BN, benchmarks/study_rate.py); about 35 min on a
 256, scaled to batch 1024).
 """
 
-from configs import default
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import default
+except ImportError:  # a checkout, run from its root
+  from configs import default
 
 
 def get_config():
@@ -34,5 +37,6 @@ def get_config():
   c.curvature_every, c.curvature_batch_size = 2000, 1024  # the full batch
   c.sweep.norm = ("none", "batchnorm")
   c.sweep.lr = (1e-3, 3e-3, 1e-2, 3e-2)
-  c.test_time_every = 0  # test-time evaluation (DESIGN.md B.7): its runtime here is unmeasured
+  # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured
+  c.test_time_every = 0
   return c

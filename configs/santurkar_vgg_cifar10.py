@@ -14,7 +14,10 @@ unnormalised group with benchmarks/study_rate.py --synthetic_data, jax 0.11.2;
 135,000 model-steps in all; first segment with compilation 47 s per group).
 """
 
-from configs import default
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import default
+except ImportError:  # a checkout, run from its root
+  from configs import default
 
 
 def get_config():
@@ -37,5 +40,6 @@ def get_config():
   c.eval_batch_chunk = 8
   c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")
   c.sweep.lr = (0.1,)
-  c.test_time_every = 0  # test-time evaluation (DESIGN.md B.7): its runtime here is unmeasured
+  # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured
+  c.test_time_every = 0
   return c

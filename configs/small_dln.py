@@ -7,7 +7,10 @@ Runtime: about 2 min on a 2-core CPU (919 / 615 model-steps/s without / with BN,
 benchmarks/study_rate.py, jax 0.10.2).
 """
 
-from configs import santurkar_dln
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import santurkar_dln
+except ImportError:  # a checkout, run from its root
+  from configs import santurkar_dln
 
 
 def get_config():

@@ -7,7 +7,10 @@ Runtime: about 1 min on a 2-core CPU (2,251 / 1,539 model-steps/s without / with
 benchmarks/study_rate.py, jax 0.10.2).
 """
 
-from configs import default
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import default
+except ImportError:  # a checkout, run from its root
+  from configs import default
 
 
 def get_config():
@@ -17,5 +20,6 @@ def get_config():
   c.steps = 2000
   c.sweep.norm = ("none", "batchnorm")
   c.sweep.lr = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-  c.test_time_every = 0  # test-time evaluation (DESIGN.md B.7): its runtime here is unmeasured
+  # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured
+  c.test_time_every = 0
   return c

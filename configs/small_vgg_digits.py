@@ -7,7 +7,10 @@ Runtime: about 2 min on a 2-core CPU (306 / 293 / 193 model-steps/s for none /
 BN / noisy BN, benchmarks/study_rate.py, jax 0.10.2).
 """
 
-from configs import default
+try:  # installed: the configs ship inside the package
+  from icsjax.configs import default
+except ImportError:  # a checkout, run from its root
+  from configs import default
 
 
 def get_config():
@@ -19,5 +22,6 @@ def get_config():
   c.steps = 2000
   c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")
   c.sweep.lr = (0.1,)
-  c.test_time_every = 0  # test-time evaluation (DESIGN.md B.7): its runtime here is unmeasured
+  # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured
+  c.test_time_every = 0
   return c

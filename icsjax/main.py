@@ -1,6 +1,7 @@
 """Command line: run a study config into a workdir.
 
   python -m icsjax.main --config=configs/default.py --workdir=runs/default
+  python -m icsjax.main --config=default --workdir=runs/default   # a shipped config by name
 """
 
 import logging
@@ -10,6 +11,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from icsjax import config_files
 from icsjax import devices
 from icsjax import report
 from icsjax import runner
@@ -17,7 +19,8 @@ from icsjax import study as study_lib
 from icsjax.study import ConfigError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Study config file (configs/*.py).",
+config_flags.DEFINE_config_file("config", None, "Study config: a file, or the name of a "
+                                "shipped one (default, configs/default.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for the study's records and metadata.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
@@ -51,5 +54,15 @@ def main(argv):
   return 0
 
 
+def run():
+  # Before absl parses the flags: the config flag loads its file while parsing.
+  try:
+    argv = config_files.resolve_argv(sys.argv)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  app.run(main, argv=argv)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

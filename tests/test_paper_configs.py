@@ -13,7 +13,8 @@ from conftest import ROOT
 from icsjax import runner
 from icsjax import study
 
-CONFIGS = sorted(p.stem for p in pathlib.Path(ROOT, "configs").glob("*.py"))
+CONFIGS = sorted(p.stem for p in pathlib.Path(ROOT, "configs").glob("*.py")
+                 if p.stem != "__init__")
 
 
 # One config per architecture runs its probes (the same code at any size); the

@@ -1,6 +1,8 @@
 """What the test-time evaluation (issue 7) costs, against one training segment.
 
-  python benchmarks/test_time_cost.py [--norm=batchnorm] [--segments=5] [--probes]
+  python benchmarks/inference_cost.py [--norm=batchnorm] [--segments=5] [--no-probes]
+
+(Named for what it times, not test_*.py, so that nothing takes it for a test.)
 
 One group of configs/default.py (2 learning rates x 5 seeds of one norm kind)
 is built twice, with test time on (its default cadence, one evaluation per

@@ -1,0 +1,76 @@
+"""Study configs by file or by name.
+
+The configs live in the repo's ``configs/`` and install inside the package as
+``icsjax.configs`` (pyproject.toml), so ``--config=default`` works in a checkout
+and wherever the package is installed. Imports no JAX: ``icsjax.main`` calls it
+before the command line is parsed.
+"""
+
+import importlib.util
+import os
+import pathlib
+
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+def shipped_dirs():
+  """Directories that hold the shipped configs, the first to look in first."""
+  dirs = []
+  # A checkout (installed editable, or run from its root): its own configs/.
+  # pyproject.toml marks the checkout, so that a stray top-level `configs`
+  # beside an installed package is never taken for ours.
+  root = PACKAGE_DIR.parent
+  if (root / "pyproject.toml").is_file() and (root / "configs").is_dir():
+    dirs.append(root / "configs")
+  # An installed package: icsjax.configs, wherever the installer put it.
+  spec = importlib.util.find_spec("icsjax.configs")
+  for p in (spec.submodule_search_locations or ()) if spec else ():
+    if pathlib.Path(p).resolve() not in dirs:  # an editable install maps it to the checkout's
+      dirs.append(pathlib.Path(p).resolve())
+  return dirs
+
+
+def shipped_names():
+  """The names of the shipped configs, sorted."""
+  for d in shipped_dirs():
+    names = sorted(p.stem for p in d.glob("*.py") if not p.stem.startswith("_"))
+    if names:
+      return names
+  return []
+
+
+def resolve(arg: str) -> str:
+  """The config file `arg` names: `arg` itself when it is a file, else the
+  shipped config it names (``default``, ``default.py`` or
+  ``configs/default.py``). A ``:suffix`` (which ml_collections passes to
+  ``get_config``) is kept. Raises ValueError for anything else."""
+  # ml_collections splits a config argument at its first colon.
+  path, colon, suffix = arg.partition(":")
+  if os.path.isfile(path):
+    return arg
+  head, name = os.path.split(os.path.normpath(path))
+  if name.endswith(".py"):
+    name = name[:-3]
+  if head in ("", "configs") and name and not name.startswith("_"):
+    for d in shipped_dirs():
+      if (d / f"{name}.py").is_file():
+        return str(d / f"{name}.py") + colon + suffix
+  names = ", ".join(shipped_names()) or "none found"
+  raise ValueError(f"config {path!r} is neither a file nor a shipped config "
+                   f"(shipped: {names})")
+
+
+def resolve_argv(argv):
+  """`argv` with its --config argument (``--config=X`` or ``--config X``,
+  one dash or two) passed through `resolve`; everything else unchanged."""
+  out = list(argv)
+  for i in range(1, len(out)):
+    a = out[i]
+    if a == "--":  # the rest are positional arguments, as absl reads them
+      break
+    for flag in ("--config", "-config"):
+      if a.startswith(flag + "="):
+        out[i] = flag + "=" + resolve(a[len(flag) + 1:])
+      elif a == flag and i + 1 < len(out):
+        out[i + 1] = resolve(out[i + 1])
+  return out
