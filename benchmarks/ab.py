@@ -1,6 +1,6 @@
 """One benchmark on two revisions, interleaved: is the new one as fast? (issue 19 (b))
 
-  python benchmarks/ab.py --old=REV --new=REV [--repeats=3] -- SCRIPT [ARGS...]
+  python benchmarks/ab.py --old=REV --new=REV [--repeats=3] [--logdir=DIR] -- SCRIPT [ARGS...]
 
   e.g. python benchmarks/ab.py --old=6fb87d7 --new=HEAD -- probe_cost.py --no-default_study
        python benchmarks/ab.py --old=6fb87d7 --new=HEAD -- vs_pytorch.py --ks=128
@@ -11,6 +11,9 @@ measured), then runs `python benchmarks/SCRIPT ARGS --repeats=1` there, as a
 subprocess in that worktree with this environment and interpreter,
 alternately old, new, old, new, ... --repeats times each, so that drift of
 a shared machine hits both alike. Every run's output goes to --logdir.
+(--inner_repeats=N passes --repeats=N instead: each run then reports its
+own median of N; give no --repeats after --.) `ab.py --tabulate
+--logdir=DIR -- SCRIPT` prints the table of a log dir's runs again.
 
 Prints a table: a row per measured line of the script's output (key, the
 old and new medians over the repeats, each run's value, and new/old), then
@@ -45,6 +48,7 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NUMBER = re.compile(r"^-?[\d,]*\.?\d+$")
+STDERR = "\n# stderr\n"  # separates a log's stdout from its stderr
 
 
 def is_number(token: str) -> bool:
@@ -85,92 +89,122 @@ def git(*args: str, cwd=REPO) -> str:
 
 
 def speed(old: float, new: float, higher_is_better: bool) -> float:
-  """new/old as a speed ratio: > 1 when new is faster."""
-  if higher_is_better:
-    return new / old if old else float("nan")
-  return old / new if new else float("nan")
+  """new/old as a speed ratio: > 1 when new is faster; NaN unless both are positive
+  (a cost ratio at or below 0 is timing noise larger than the probe's cost)."""
+  if old <= 0 or new <= 0:
+    return float("nan")
+  return new / old if higher_is_better else old / new
 
 
-def main():
-  argv = sys.argv[1:]
-  if "--" not in argv:
-    sys.exit("usage: ab.py --old=REV --new=REV [--repeats=3] -- SCRIPT [ARGS...]")
-  split = argv.index("--")
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--old", required=True, help="the old revision (any git commit-ish)")
-  parser.add_argument("--new", required=True, help="the new revision")
-  parser.add_argument("--repeats", type=int, default=3, help="runs of each revision")
-  parser.add_argument("--threshold", type=float, default=0.95, help="flag new/old below this")
-  parser.add_argument("--logdir", default="", help="raw outputs (default: a new temp dir)")
-  parser.add_argument("--python", default=sys.executable, help="the interpreter to run with")
-  args = parser.parse_args(argv[:split])
-  if not argv[split + 1:]:
-    sys.exit("ab.py: name a benchmark script after --, e.g. probe_cost.py")
-  script, bench_args = argv[split + 1], argv[split + 2:]
-  script = pathlib.Path(script).name
-  if script not in PARSERS:
-    sys.exit(f"ab.py: knows how to read {sorted(PARSERS)}, not {script}")
-  shas = {label: git("rev-parse", "--verify", f"{rev}^{{commit}}")
-          for label, rev in (("old", args.old), ("new", args.new))}
-  logdir = pathlib.Path(args.logdir or tempfile.mkdtemp(prefix="ab-logs-"))
-  logdir.mkdir(parents=True, exist_ok=True)
-  print(f"old {args.old} = {shas['old'][:10]}, new {args.new} = {shas['new'][:10]}; "
-        f"{script} {' '.join(bench_args)} --repeats=1, {args.repeats} interleaved runs each; "
-        f"raw outputs in {logdir}", flush=True)
-
-  values = {"old": [], "new": []}  # per run: {row: (value, higher is better)}
-  failed = False
+def run_interleaved(shas: dict, script: str, cmd_args: list, repeats: int, python: str,
+                    logdir: pathlib.Path) -> dict | None:
+  """{"old"|"new": [rows of each run]}, runs alternating old, new, ...; None if one fails."""
+  values = {label: [] for label in shas}
   with tempfile.TemporaryDirectory(prefix="ab-worktrees-") as tmp:
     trees = {label: pathlib.Path(tmp) / label for label in shas}
     try:
       for label, tree in trees.items():
         git("worktree", "add", "--detach", str(tree), shas[label])
-      for i in range(args.repeats):
+      for i in range(repeats):
         for label, tree in trees.items():
-          cmd = [args.python, f"benchmarks/{script}", *bench_args, "--repeats=1"]
+          cmd = [python, f"benchmarks/{script}", *cmd_args]
           start = time.perf_counter()
           run = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
           wall = time.perf_counter() - start
           log = logdir / f"{i + 1:02d}_{label}.log"
-          log.write_text(f"# {shas[label]} in {tree}\n# {' '.join(cmd)}\n# exit {run.returncode}, "
-                         f"{wall:.1f} s\n{run.stdout}\n# stderr\n{run.stderr}")
+          log.write_text(f"# {shas[label]} in {tree}\n# {' '.join(cmd)}\n# exit {run.returncode},"
+                         f" {wall:.1f} s\n{run.stdout}{STDERR}{run.stderr}")
           rows = PARSERS[script](run.stdout)
-          print(f"run {i + 1} {label}: exit {run.returncode}, {wall:.0f} s, {len(rows)} rows "
-                f"({log.name})", flush=True)
+          print(f"run {i + 1} {label}: exit {run.returncode}, {wall:.0f} s, {len(rows)} rows, "
+                f"load average {os.getloadavg()[0]:.1f} ({log.name})", flush=True)
           if run.returncode or not rows:
             print(run.stderr[-3000:], file=sys.stderr)
-            failed = True
-            break
+            return None
           values[label].append(rows)
-        if failed:
-          break
     finally:
       for tree in trees.values():
         if tree.exists():
           git("worktree", "remove", "--force", str(tree))
       git("worktree", "prune")
-  if failed:
-    print(f"a run failed; see {logdir}")
-    return 1
+  return values
 
+
+def read_logs(logdir: pathlib.Path, script: str) -> dict:
+  """The runs' rows again, from a --logdir's NN_old.log and NN_new.log."""
+  return {label: [PARSERS[script](p.read_text().split(STDERR)[0])
+                  for p in sorted(logdir.glob(f"[0-9][0-9]_{label}.log"))]
+          for label in ("old", "new")}
+
+
+def table(values: dict, threshold: float) -> list[str]:
+  """Prints the medians and new/old of each row; returns the flagged rows."""
   keys = list(dict.fromkeys(k for runs in values.values() for rows in runs for k in rows))
-  print(f"\nnew/old = speed ratio (> 1: new faster); medians of {args.repeats} runs each")
+  n = {label: len(runs) for label, runs in values.items()}
+  print(f"\nnew/old = speed ratio (> 1: new faster); medians of {n['old']} old and {n['new']} "
+        f"new runs")
   print(f"{'row':28s} {'better':>6s} {'old':>10s} {'new':>10s} {'new/old':>8s}  "
         f"old runs | new runs")
   flagged = []
   for key in keys:
     per = {label: [rows[key][0] for rows in runs if key in rows] for label, runs in values.items()}
-    if len(per["old"]) != args.repeats or len(per["new"]) != args.repeats:
+    if len(per["old"]) != n["old"] or len(per["new"]) != n["new"]:
       flagged.append(f"{key}: in {len(per['old'])} old and {len(per['new'])} new runs")
       continue
     higher = next(rows[key][1] for rows in values["old"])
     med = {label: statistics.median(v) for label, v in per.items()}
     ratio = speed(med["old"], med["new"], higher)
-    mark = "" if ratio >= args.threshold else f"  < {args.threshold}"
+    mark = "" if ratio >= threshold else f"  < {threshold}"
     runs = " ".join(f"{v:g}" for v in per["old"]) + " | " + " ".join(f"{v:g}" for v in per["new"])
-    print(f"{key:28s} {'higher' if higher else 'lower':>6s} {med['old']:10.4g} {med['new']:10.4g} {ratio:8.3f}  {runs}{mark}")
+    print(f"{key:28s} {'higher' if higher else 'lower':>6s} {med['old']:10.4g} "
+          f"{med['new']:10.4g} {ratio:8.3f}  {runs}{mark}")
     if mark:
-      flagged.append(f"{key}: new/old {ratio:.3f}")
+      flagged.append(f"{key}: new/old {ratio:.3f}"
+                     + (" (a median <= 0: timing noise)" if ratio != ratio else ""))
+  return flagged
+
+
+def main():
+  argv = sys.argv[1:]
+  split = argv.index("--") if "--" in argv else len(argv)
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0],
+      usage="ab.py --old=REV --new=REV [--repeats=3] [--logdir=DIR] -- SCRIPT [ARGS...]")
+  parser.add_argument("--old", help="the old revision (any git commit-ish)")
+  parser.add_argument("--new", help="the new revision")
+  parser.add_argument("--repeats", type=int, default=3, help="runs of each revision")
+  parser.add_argument("--inner_repeats", type=int, default=1,
+                      help="--repeats passed to the benchmark itself")
+  parser.add_argument("--threshold", type=float, default=0.95, help="flag new/old below this")
+  parser.add_argument("--logdir", default="", help="raw outputs (default: a new temp dir)")
+  parser.add_argument("--tabulate", action="store_true",
+                      help="run nothing: print the table of the runs already in --logdir")
+  parser.add_argument("--python", default=sys.executable, help="the interpreter to run with")
+  args = parser.parse_args(argv[:split])
+  if not argv[split + 1:]:
+    parser.error("name a benchmark script after --, e.g. -- probe_cost.py")
+  script = pathlib.Path(argv[split + 1]).name
+  if script not in PARSERS:
+    parser.error(f"knows how to read {sorted(PARSERS)}, not {script}")
+  if args.tabulate:
+    if not args.logdir:
+      parser.error("--tabulate reads --logdir")
+    values = read_logs(pathlib.Path(args.logdir), script)
+  else:
+    if not (args.old and args.new):
+      parser.error("--old and --new are required")
+    shas = {label: git("rev-parse", "--verify", f"{rev}^{{commit}}")
+            for label, rev in (("old", args.old), ("new", args.new))}
+    logdir = pathlib.Path(args.logdir or tempfile.mkdtemp(prefix="ab-logs-"))
+    logdir.mkdir(parents=True, exist_ok=True)
+    cmd_args = [*argv[split + 2:], f"--repeats={args.inner_repeats}"]
+    print(f"old {args.old} = {shas['old'][:10]}, new {args.new} = {shas['new'][:10]}; {script} "
+          f"{' '.join(cmd_args)}, {args.repeats} interleaved runs each; raw outputs in {logdir}",
+          flush=True)
+    values = run_interleaved(shas, script, cmd_args, args.repeats, args.python, logdir)
+    if values is None:
+      print(f"a run failed; see {logdir}")
+      return 1
+  flagged = table(values, args.threshold)
   for f in flagged:
     print(f"FLAGGED {f}")
   print(f"verdict: {'every row' if not flagged else f'{len(flagged)} row(s) NOT'} at new/old >= "

@@ -58,16 +58,17 @@ class Report:
 
   def __init__(self):
     self.failures: list[str] = []
-    self.lines: dict[tuple, list] = {}  # (group, kind, rule) -> [max rel, ok, n arrays]
+    self.lines: dict[tuple, list] = {}  # (group, kind, rule) -> [max rel, ok, exact, n]
 
   def fail(self, msg: str) -> None:
     self.failures.append(msg)
 
-  def add(self, key: tuple, rel: float, ok: bool) -> None:
-    line = self.lines.setdefault(key, [0.0, True, 0])
+  def add(self, key: tuple, rel: float, ok: bool, exact: bool) -> None:
+    line = self.lines.setdefault(key, [0.0, True, True, 0])
     line[0] = max(line[0], rel)
     line[1] &= ok
-    line[2] += 1
+    line[2] &= exact
+    line[3] += 1
 
 
 def rule_of(name: str, is_time_coord: bool) -> str:
@@ -116,14 +117,14 @@ def compare_array(rep: Report, group: str, seg: str, name: str, dims, a, b, rtol
   key = (group, kind_of(dims), rule)
   where = f"{group}/{seg}: {name}"
   if a.dtype != b.dtype or a.shape != b.shape:
-    rep.add(key, np.inf, False)
+    rep.add(key, np.inf, False, False)
     rep.fail(f"{where}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}")
     return
   exact = bitwise_equal(a, b)
   inner = tuple(range(2, a.ndim)) if dims is not None and len(dims) > 2 else ()
   rel = 0.0 if exact else rel_diff(a, b, inner)
   ok = exact if rule == "bitwise" else rel <= rtol
-  rep.add(key, rel, ok)
+  rep.add(key, rel, ok, exact)
   if not ok:
     mask = unequal(a, b)
     rep.fail(f"{where}: {rule} fails, {mask.sum()} of {a.size} entries differ (first at "
@@ -201,7 +202,7 @@ def compare_checkpoints(rep: Report, old: pathlib.Path, new: pathlib.Path, group
         a, b = t_old[path], t_new[path]
         ok = bitwise_equal(a, b)
         rel = 0.0 if ok else (rel_diff(a, b, ()) if a.shape == b.shape else np.inf)
-        rep.add((g, "checkpoints", "bitwise"), rel, ok)
+        rep.add((g, "checkpoints", "bitwise"), rel, ok, ok)
         if not ok:
           rep.fail(f"checkpoint {step}/{g}{path}: not bitwise equal, max rel diff {rel:.3g}")
   m_old.close()
@@ -226,16 +227,18 @@ def main():
   if on_disk[0] != on_disk[1]:
     rep.fail(f"record groups differ: OLD {on_disk[0]}, NEW {on_disk[1]}")
   for g in groups:
-    compare_records(rep, args.old, args.new, g, args.rtol)
+    if all((d / "records" / g / "schema.json").exists() for d in (args.old, args.new)):
+      compare_records(rep, args.old, args.new, g, args.rtol)
+    else:
+      rep.fail(f"{g}: records/{g}/schema.json missing")
   compare_checkpoints(rep, args.old, args.new, groups)
 
   print(f"{'group':24s} {'kind':12s} {'rule':8s} {'arrays':>6s} {'max rel diff':>12s}  verdict")
-  order = {k: i for i, k in enumerate(["time coords", "per_step", "record", "eval", "model",
-                                       *KINDS.values(), "checkpoints"])}
+  order = {k: i for i, k in enumerate(["time coords", "model", *KINDS.values(), "checkpoints"])}
   lines = sorted(rep.lines.items(), key=lambda kv: (groups.index(kv[0][0]) if kv[0][0] in groups
                                                      else len(groups), order.get(kv[0][1], 99)))
-  for (g, kind, rule), (rel, ok, n) in lines:
-    verdict = "DIFFERS" if not ok else "bitwise" if rel == 0 else "within rtol"
+  for (g, kind, rule), (rel, ok, exact, n) in lines:
+    verdict = "DIFFERS" if not ok else "bitwise" if exact else "within rtol"
     print(f"{g:24s} {kind:12s} {rule:8s} {n:6d} {rel:12.3g}  {verdict}")
   for msg in rep.failures[:50]:
     print(f"FAIL {msg}")
@@ -244,9 +247,9 @@ def main():
   if rep.failures:
     print(f"verdict: DIFFERENT ({len(rep.failures)} failures), {args.old} vs {args.new}")
     return 1
-  exact = all(rel == 0 for rel, _, _ in rep.lines.values())
-  print(f"verdict: SAME ({'every array bitwise equal' if exact else f'bitwise where required, the rest within rtol={args.rtol:g}'}), "
-        f"{args.old} vs {args.new}")
+  how = ("every array bitwise equal" if all(line[2] for line in rep.lines.values())
+         else f"bitwise where required, the rest within rtol={args.rtol:g}")
+  print(f"verdict: SAME ({how}), {args.old} vs {args.new}")
   return 0
 
 
