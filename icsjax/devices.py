@@ -1,6 +1,6 @@
 """Splitting one CPU host into several XLA devices, so that the model axis can
 be sharded over them: XLA runs one device's small, batched matrix products on
-few cores, and devices run side by side (benchmarks/README.md).
+few cores, and devices run side by side (benchmarks/README.md, "Training throughput").
 
 JAX reads the device count when it first starts a backend, so this must run
 before any computation. In a notebook, do it yourself right after importing JAX:

@@ -108,7 +108,7 @@ CASES = [dict(norm="batchnorm", optimizer="sgd", in_sequence=True),
 def test_ics_and_landscape_match_brute_force_for_every_model(tmp_path, monkeypatch, case):
   case = dict(case)
   norm, in_sequence = case.pop("norm"), case.pop("in_sequence")
-  monkeypatch.setattr(runner, "probes_in_sequence", lambda backend: in_sequence)
+  monkeypatch.setattr(placement, "probes_in_sequence", lambda backend: in_sequence)
   c = tiny_config(steps=6, scan_length=2, record_every=6, eval_every=6, segment_steps=6,
                   ics_every=2, landscape_every=2, landscape_lr_multiples=(0.5, 1.0, 4.0),
                   **case)

@@ -21,6 +21,7 @@ from icsjax import shifts
 from icsjax import store
 from icsjax import study as study_lib
 from icsjax import inference
+from icsjax import records as records_lib
 from icsjax import train
 from icsjax.forward import model_fns
 from icsjax.records import at_test_time
@@ -319,7 +320,7 @@ def test_batch_one_is_undefined_only_where_a_set_has_one_element():
 
 
 def test_record_dims_are_named():
-  assert store.variable_dims("test_time", "stats_mode_accuracy") == (
+  assert records_lib.variable_dims("test_time", "stats_mode_accuracy") == (
       "model", "test_time_step", "stats_mode", "test_batch_size")
-  assert store.variable_dims("test_time", "shift_loss") == (
+  assert records_lib.variable_dims("test_time", "shift_loss") == (
       "model", "test_time_step", "corruption", "severity", "adapt", "adapt_n", "adapt_prior")

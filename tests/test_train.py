@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_config
 from icsjax import data as data_lib
-from icsjax import losses
+from icsjax import losses as losses_lib
 from icsjax import models
 from icsjax import placement
 from icsjax import runner
@@ -89,7 +89,7 @@ def reference_run(config, static, model_index_in_group, hp, seed):
     def loss_fn(p):
       (out, taps), upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
                                      hp=hp, rngs={"noise": key}, mutable=["batch_stats"])
-      return losses.task_loss(out, y, ds.task)[0], (out, taps, upd.get("batch_stats", {}))
+      return losses_lib.task_loss(out, y, ds.task)[0], (out, taps, upd.get("batch_stats", {}))
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   for t in range(1, config.steps + 1):

@@ -10,5 +10,5 @@ def each(fn, xs, in_sequence: bool):
   """fn over the leading axis of xs: in sequence (lax.map), so that one
   evaluation's work arrays stay in a CPU's cache, or at once (vmap), so that
   an accelerator launches one batched kernel rather than a loop iteration of
-  small ones per evaluation (benchmarks/probe_cost.py, README "Performance")."""
+  small ones per evaluation (benchmarks/README.md, "Probe cost")."""
   return jax.lax.map(fn, xs) if in_sequence else jax.vmap(fn)(xs)
