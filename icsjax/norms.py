@@ -1,13 +1,14 @@
-"""Normalisation layers (docs/measurements.md, "Noisy batch norm" and "ℓp batch norm").
+"""The norm kinds and their layers (docs/measurements.md: "Noisy batch norm",
+"ℓp batch norm", "Running and population statistics").
 
 Batch norms reduce over every axis but the last (the unit or channel axis);
 layer norm over every axis but the first (the example axis).
 Train mode normalises with the statistics of the batch and updates running
 statistics; eval mode uses the running statistics, or, when hp carries
 adaptation weights, a mix of them with the batch's (BN adaptation,
-docs/measurements.md "Test time"). Running statistics are an EMA with decay ``hp["bn_momentum"]`` (Flax
-convention) of the batch mean and of the unbiased batch variance (lp kinds: of
-the batch lp scale).
+docs/measurements.md, "Test time"). Running statistics are an EMA with decay
+``hp["bn_momentum"]`` (Flax convention) of the batch mean and of the unbiased
+batch variance (lp kinds: of the batch lp scale).
 
 Per-model hyperparameters (``hp``) arrive as traced scalars, so a vmapped
 group can sweep them without recompiling.

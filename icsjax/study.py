@@ -16,6 +16,7 @@ from typing import Any
 
 import ml_collections
 
+from icsjax import data as data_lib
 from icsjax import fields as f
 from icsjax import records as records_lib
 from icsjax.data import DATASETS, IMAGE_DATASETS
@@ -122,7 +123,7 @@ def _sweep_items(config) -> dict[str, tuple]:
   sweep = config.get(SWEEP_KEY) or {}
   if not isinstance(sweep, (dict, ml_collections.ConfigDict)):
     raise fail(SWEEP_KEY, sweep, "must map field names to tuples of values, "
-                "e.g. sweep.lr=(0.1, 0.5)")
+               "e.g. sweep.lr=(0.1, 0.5)")
   items = {}
   for name, values in dict(sweep).items():
     where = f"{SWEEP_KEY}.{name}"
@@ -161,7 +162,6 @@ def _check_cadences(c):
 
 def _check_group(static: dict, config, label: str):
   """Checks that need several static values together (the data sizes too)."""
-  from icsjax import data as data_lib  # sizes only; loads nothing heavy
   where = f" (in group {label})" if label else ""
   if static["arch"] == "dln" and static["activation"] != "identity":
     raise ConfigError(f"config.activation={static['activation']!r} must be 'identity' "
@@ -169,21 +169,21 @@ def _check_group(static: dict, config, label: str):
   n_train, n_test = data_lib.split_sizes(static)
   if static["batch_size"] > n_train:
     raise fail("batch_size", static["batch_size"],
-                f"must be <= {n_train}, the training set size of {static['dataset']}{where}")
+               f"must be <= {n_train}, the training set size of {static['dataset']}{where}")
   if static["batch_size"] > n_test:
     raise fail("batch_size", static["batch_size"],
-                f"must be <= {n_test}, the test set size of {static['dataset']} "
-                f"(train-mode evaluation uses test batches of the training batch size){where}")
+               f"must be <= {n_test}, the test set size of {static['dataset']} "
+               f"(train-mode evaluation uses test batches of the training batch size){where}")
   if static["norm"] in BATCH_NORM_KINDS and static["batch_size"] < 2:
     raise fail("batch_size", static["batch_size"],
-                f"must be >= 2 for norm={static['norm']!r}: batch statistics of one "
-                f"example are undefined{where}")
+               f"must be >= 2 for norm={static['norm']!r}: batch statistics of one "
+               f"example are undefined{where}")
   if config.steps * static["batch_size"] >= 2**31:
     raise fail("steps", config.steps, f"times batch_size={static['batch_size']} must be "
-                f"< 2**31 (minibatch positions are int32){where}")
+               f"< 2**31 (minibatch positions are int32){where}")
   if static["monitor_size"] > n_train:
     raise fail("monitor_size", static["monitor_size"],
-                f"must be <= {n_train}, the training set size{where}")
+               f"must be <= {n_train}, the training set size{where}")
   if static["arch"] == "vgg" and static["dataset"] not in IMAGE_DATASETS:
     raise ConfigError(f"config.dataset={static['dataset']!r} must be one of "
                       f"{', '.join(IMAGE_DATASETS)} when arch='vgg' (a CNN needs images){where}")

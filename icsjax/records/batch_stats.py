@@ -17,8 +17,9 @@ MONITOR_MODES = ("train", "eval")
 
 
 def compute(spec, fns, at):
-  """The update's batch moments (computed by the step), the running statistics after it, and the monitor
-  set's percentiles (train mode with this step's monitor noise, or eval mode)."""
+  """The update's batch moments (the step computes them), the running statistics
+  after it, and the monitor set's percentiles (train mode with this step's
+  monitor noise, or eval mode)."""
   state = at.state
   rec = dict(at.update.moments)
   for name in spec.running_stat_names:

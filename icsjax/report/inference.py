@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from icsjax import records as records_lib
 from icsjax.norms import BATCH_NORM_KINDS
 from icsjax.report import effects as fx
 from icsjax.report import render as r
@@ -37,7 +38,7 @@ NAMES = {"test_batch_size": "test batch", "test_time_step": "step", "corruption"
 
 def _m(key, label, definition, var) -> Metric:
   return Metric(key, label, definition, "difference", (var,), lambda ds: None, ".3f",
-                cadence="test_time_every")
+                cadence=records_lib.BY_NAME["test_time"].cadence)
 
 
 RUNNING_VS_BATCH = _m(
