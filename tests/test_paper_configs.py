@@ -4,7 +4,6 @@
 import importlib
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -69,12 +68,8 @@ def test_config_validates_and_runs(name, tmp_path):
   module = importlib.import_module(f"configs.{name}")
   full = study.expand(module.get_config())  # the config as shipped
   c = shortened(module.get_config(), probes=PROBED.get(name, ()))
-  jax.config.update("jax_disable_most_optimizations", c.arch != "vgg")  # see conftest
-  try:
-    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
-      ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
-  finally:
-    jax.config.update("jax_disable_most_optimizations", True)
+  with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+    ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
   assert full.groups[-1].name == list(ds)[-1] and len(ds) == 1
   for g in ds.values():
     assert g.sizes["step"] == 2 and (g.diverged_step == 0).all()

@@ -169,13 +169,9 @@ def test_vmapped_group_equals_unvmapped_loop(tmp_path, case):
   atol = case.pop("atol", 2e-6)
   c = tiny_config(**case)
   c.sweep.norm = (norm,)
-  jax.config.update("jax_disable_most_optimizations", c.arch != "vgg")  # see conftest
   if c.dataset == "gaussian_regression":
     c.tracked_units = (0, 3)
-  try:
-    ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
-  finally:
-    jax.config.update("jax_disable_most_optimizations", True)
+  ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
   (group,) = ds.values()
   assert group.sizes["model"] == 8  # 4 learning rates x 2 seeds, one compiled group
   j = 5  # lr index 2, seed 1
