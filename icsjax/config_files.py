@@ -6,6 +6,7 @@ and wherever the package is installed. Imports no JAX: ``icsjax.main`` calls it
 before the command line is parsed.
 """
 
+import ast
 import importlib.util
 import os
 import pathlib
@@ -74,3 +75,67 @@ def resolve_argv(argv):
       elif a == flag and i + 1 < len(out):
         out[i + 1] = resolve(out[i + 1])
   return out
+
+
+SWEEP_FLAGS = ("--config.sweep.", "-config.sweep.")
+
+
+def split_sweeps(argv) -> tuple[list, dict]:
+  """`argv` without its ``--config.sweep.NAME=VALUES`` arguments, and those
+  sweeps as {NAME: tuple of values} (a repeated one: the last wins).
+
+  A config's sweep lists only the fields it varies, and absl overrides only
+  keys a config already has, so sweeps are taken apart here and added to the
+  loaded config (``add_sweeps``); validation then checks them like any other.
+  """
+  rest, sweeps = [], {}
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    if a == "--":  # the rest are positional arguments, as absl reads them
+      rest += argv[i:]
+      break
+    flag = next((f for f in SWEEP_FLAGS if a.startswith(f)), None)
+    if flag is None or i == 0:
+      rest.append(a)
+    else:
+      name, eq, text = a[len(flag):].partition("=")
+      if not eq:  # --config.sweep.NAME VALUES
+        i += 1
+        text = argv[i] if i < len(argv) else ""
+      sweeps[name] = sweep_values(name, text)
+    i += 1
+  return rest, sweeps
+
+
+def sweep_values(name: str, text: str) -> tuple:
+  """The values of ``--config.sweep.NAME=TEXT``: a Python literal (a tuple, or
+  one value), or comma-separated bare words, e.g. ``(none,batchnorm)``."""
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    words = [w.strip().strip("'\"") for w in text.strip().strip("()[]").split(",")]
+    if not text.strip() or not all(words):
+      raise ValueError(f"--config.sweep.{name}={text!r} must be a tuple of values, e.g. "
+                       f"--config.sweep.{name}=\"(1,2)\"") from None
+    value = tuple(_literal_or_word(w) for w in words)
+  return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _literal_or_word(word: str):
+  try:
+    return ast.literal_eval(word)
+  except (ValueError, SyntaxError):
+    return word
+
+
+def add_sweeps(config, sweeps: dict) -> None:
+  """Sets config.sweep[NAME] = values for each command-line sweep."""
+  if not sweeps:
+    return
+  with config.unlocked():
+    if config.get("sweep") is None:
+      config.sweep = {}
+    if hasattr(config.sweep, "keys"):  # else validation names the bad sweep
+      for name, values in sweeps.items():
+        config.sweep[name] = values

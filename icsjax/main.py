@@ -37,12 +37,13 @@ class OrbaxWarningsOnly(logging.Filter):
     return record.levelno >= logging.WARNING or "orbax" not in record.pathname
 
 
-def main(argv):
+def main(argv, sweeps=None):
   del argv
   # JAX logs at INFO that it found no TPU; that is not news on a CPU or GPU machine.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   logging.getLogger("absl").addFilter(OrbaxWarningsOnly())
   try:
+    config_files.add_sweeps(FLAGS.config, sweeps or {})
     study_lib.validate(FLAGS.config)  # before anything else, JAX's start included
     print(devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices)))
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
@@ -57,11 +58,13 @@ def main(argv):
 def run():
   # Before absl parses the flags: the config flag loads its file while parsing.
   try:
-    argv = config_files.resolve_argv(sys.argv)
+    argv, sweeps = config_files.split_sweeps(config_files.resolve_argv(sys.argv))
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  app.run(main, argv=argv)
+  # ml_collections reads the --config.* overrides from sys.argv itself.
+  sys.argv = argv
+  app.run(lambda argv: main(argv, sweeps), argv=argv)
 
 
 if __name__ == "__main__":

@@ -548,3 +548,41 @@ def test_vgg_needs_images():
 def test_tracked_units_must_fit_the_narrowest_conv_stage():
   assert_config_error(make_config(arch="vgg", channels=(2, 8), width=16, activation="relu"),
                       "tracked_units", "below 2")
+
+
+# --- sweeping any static or dynamic field from the command line -------------------
+
+def test_command_line_sweeps_any_static_or_dynamic_field():
+  from icsjax import config_files
+  argv = ["main", "--config=configs/default.py", "--config.sweep.depth=(1,2)",
+          "--config.sweep.bn_momentum", "(0.9,0.99)", "--config.sweep.norm=(none,batchnorm)",
+          "--config.sweep.lr=0.1", "--config.seeds=2", "--", "--config.sweep.width=(3,)"]
+  rest, sweeps = config_files.split_sweeps(argv)
+  assert rest == ["main", "--config=configs/default.py", "--config.seeds=2", "--",
+                  "--config.sweep.width=(3,)"]
+  assert sweeps == {"depth": (1, 2), "bn_momentum": (0.9, 0.99),
+                    "norm": ("none", "batchnorm"), "lr": (0.1,)}
+  cfg = default_config()
+  cfg.lock()
+  config_files.add_sweeps(cfg, sweeps)
+  groups = study.expand(cfg).groups
+  assert [g.name for g in groups] == ["depth-1_norm-none", "depth-1_norm-batchnorm",
+                                      "depth-2_norm-none", "depth-2_norm-batchnorm"]
+  assert [g.static["depth"] for g in groups] == [1, 1, 2, 2]
+  for g in groups:
+    assert g.coords["bn_momentum"] == (0.9,) * cfg.seeds + (0.99,) * cfg.seeds
+    assert set(g.coords["lr"]) == {0.1}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("--config.sweep.depth=(1,2)", "--config.sweep.depth=(3,0)"),  # the last one wins
+     "error: config.sweep.depth=0 must be >= 1"),
+    (("--config.sweep.steps=(100,200)",), "error: config.sweep.steps cannot be swept"),
+    (("--config.sweep.depth=(1,",), "error: --config.sweep.depth='(1,' must be a tuple"),
+])
+def test_cli_sweep_mistakes_are_one_line(tmp_path, overrides, message):
+  proc = run_cli(tmp_path, *overrides)
+  assert proc.returncode == 2, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+  assert not (tmp_path / "w").exists()

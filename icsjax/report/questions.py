@@ -224,9 +224,10 @@ def q3(ds, figs, info) -> Section:
   if len(depths) < 2:
     depth = info["config"].get("depth", "?")
     text = (f"Not measured: every model in this study has depth {depth}, so the effect of "
-            f"depth cannot be estimated. To answer, sweep it in a config file, e.g. "
-            f"`c.sweep.depth = (2, 4, 8)` with `c.sweep.norm = (\"none\", \"batchnorm\")` "
-            f"(the command line can only override keys a config already has), and rerun.")
+            f"depth cannot be estimated. To answer, sweep it together with the norm, e.g. "
+            f"`--config.sweep.depth=\"(2,4,8)\" --config.sweep.norm=\"(none,batchnorm)\"` "
+            f"on the command line (or `c.sweep.depth = (2, 4, 8)` in a config file), and "
+            f"rerun.")
     return Section(3, question, text, (r.Para(f"**Answer.** {text}"),))
   deep, shallow = max(depths), min(depths)
   have, notes = _available([m.MEDIAN_DRIFT, m.GRAD_ICS, m.EARLY_LOSS], ds)
