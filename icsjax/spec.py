@@ -19,7 +19,7 @@ from icsjax.norms import NOISY_NORMS, RUNNING_STAT_NAMES
 
 class RunSpec(Mapping):
   """The run-role config values (cadences, probe sizes, seeds, ...), read as
-  attributes: ``run.ics_every``. Immutable and hashable."""
+  attributes (``run.ics_every``) or by name (``run["ics_every"]``). Immutable."""
 
   def __init__(self, values: Mapping[str, Any]):
     freeze = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
@@ -42,9 +42,6 @@ class RunSpec(Mapping):
 
   def __len__(self):
     return len(self._values)
-
-  def __hash__(self):
-    return hash(tuple(sorted(self._values.items())))
 
   def __repr__(self):
     return f"RunSpec({self._values!r})"

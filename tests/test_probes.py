@@ -16,7 +16,6 @@ from icsjax import data as data_lib
 from icsjax import models
 from icsjax import placement
 from icsjax import runner
-from icsjax import train
 from icsjax.probes import curvature
 from test_train import reference_start
 

@@ -18,7 +18,6 @@ from conftest import tiny_config
 from icsjax import data as data_lib
 from icsjax import runner
 from icsjax import shifts
-from icsjax import store
 from icsjax import study as study_lib
 from icsjax import inference
 from icsjax import records as records_lib

@@ -10,7 +10,6 @@ what is missing and how to record it.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import xarray as xr
 
