@@ -13,6 +13,7 @@ import pathlib
 
 import xarray as xr
 
+from icsjax.report import primary
 from icsjax.report import questions
 from icsjax.report import render as r
 from icsjax.report import study_info
@@ -24,7 +25,9 @@ TITLE = "icsjax study report"
 def sections(ds: xr.Dataset, info: dict, figs: dict | None = None) -> list:
   """The question sections (questions.Section: headline, blocks, effects) of a study;
   `info` is study_info.read(workdir)."""
-  return [q(ds, figs or {}, info) for q in questions.ALL]
+  family = primary.family(ds)
+  return [q(ds, figs or {}, info, family.get(i + 1, []))
+          for i, q in enumerate(questions.ALL)]
 
 
 def build(ds: xr.Dataset, info: dict, figs: dict) -> list:
@@ -32,7 +35,8 @@ def build(ds: xr.Dataset, info: dict, figs: dict) -> list:
   secs = sections(ds, info, figs)
   out = [r.Para(f"Workdir: `{info.get('workdir', '?')}`."), *study_info.warnings(ds, info),
          r.Heading("Answers at a glance"),
-         r.Bullets(tuple(f"**Q{s.number}. {s.question}** {s.headline}" for s in secs)),
+         r.Bullets(tuple(f"**Q{s.number}. {s.question}** {s.glance}" for s in secs)),
+         r.Para(primary.family_note(secs)),
          *study_info.blocks(ds, info), r.Heading("Training")]
   out += [r.Image(*figs[n]) for n in ("curves",) if figs.get(n)]
   if info.get("summary"):

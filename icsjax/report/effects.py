@@ -99,12 +99,36 @@ class Effect:
   interval: stats.Interval  # on the log scale when scale == "ratio"
   scale: str  # "ratio" (shown as exp of the interval) or "difference"
   seeds: int  # seed indices paired, before pairs with a missing value are dropped
+  # The smallest difference the measurement can resolve (one test example, for an
+  # accuracy); 0 when any difference is meaningful.
+  resolution: float = 0.0
+  # A question's primary effect carries its Holm-adjusted p-value (report.primary);
+  # every other effect is exploratory and read from its unadjusted interval.
+  adjusted_p: float = math.nan
+  primary: bool = False
+
+  @property
+  def below_resolution(self) -> bool:
+    return (self.scale == "difference" and self.resolution > 0
+            and math.isfinite(self.interval.mean) and abs(self.interval.mean) < self.resolution)
 
   @property
   def verdict(self) -> str:
     if self.interval.n < 2:
       return "too few seeds"
+    if self.below_resolution:
+      return "below resolution"
+    if self.primary:
+      if not self.adjusted_p < stats.ALPHA:
+        return "inconclusive"
     return {-1: "lower", 1: "higher", 0: "inconclusive"}[self.interval.sign]
+
+  @property
+  def role(self) -> str:
+    if not self.primary:
+      return "exploratory"
+    return f"primary (Holm p = {self.adjusted_p:.2g})" if math.isfinite(self.adjusted_p) \
+        else "primary"
 
   def shown(self) -> tuple[float, float, float]:
     """(estimate, low, high) on the scale a reader reads: a ratio or a difference."""
@@ -125,6 +149,15 @@ class Effect:
 
   def cell_text(self) -> str:
     return cell_text(self.cell)
+
+
+def with_resolution(ds: xr.Dataset, effects) -> list[Effect]:
+  """Effects on an accuracy get the test set's resolution: one example of those evaluated."""
+  n = ds.attrs.get("test_examples_evaluated", 0)
+  if not n:
+    return list(effects)
+  return [dataclasses.replace(e, resolution=1.0 / n) if e.metric.per_example else e
+          for e in effects]
 
 
 def value_text(v) -> str:
@@ -157,6 +190,30 @@ def compare(ds: xr.Dataset, metric: Metric, a: str, b: str,
   # Along another label (depth), each variant is its own contrast, never pooled.
   return [e for v in variants(ds) for e in
           effects(diff.xs(v, level=VARIANT), metric, f"{v}: {level} {a} vs {b}", metric.scale)]
+
+
+def _rows(values: pd.Series, labels: dict) -> pd.Series:
+  """The values whose labels equal `labels`, those levels dropped from the index."""
+  mask = np.ones(len(values), bool)
+  for k, v in labels.items():
+    mask &= values.index.get_level_values(k) == v
+  return values[mask].droplevel(list(labels))
+
+
+def compare_across(ds: xr.Dataset, metric: Metric, a: dict, b: dict) -> list[Effect]:
+  """Models labelled `a` against models labelled `b` (e.g. batch norm at the default
+  initialisation against no norm at another), paired by seed index and the labels
+  neither names, one Effect per cell of those labels."""
+  values = per_model(metric, ds)
+  left, right = _rows(values, a), _rows(values, b)
+  both = left.index.intersection(right.index)
+  left, right = left.reindex(both), right.reindex(both)
+  if metric.scale == "ratio":
+    diff = stats.log_ratio(left.to_numpy(), right.to_numpy())
+  else:
+    diff = left.to_numpy(dtype=float) - right.to_numpy(dtype=float)
+  name = lambda labels: ", ".join(f"{k}={value_text(v)}" for k, v in labels.items())
+  return effects(pd.Series(diff, index=both), metric, f"{name(a)} vs {name(b)}", metric.scale)
 
 
 def within(ds: xr.Dataset, metric: Metric, variant: str) -> list[Effect]:

@@ -417,5 +417,56 @@ def shift_adaptation(ds, folder):
   return _save(fig, folder, "shift_adaptation.png"), caption
 
 
+STYLES = ("-", "--", ":", "-.")
+
+
+def propagation(ds, folder):
+  """Signal propagation at initialisation (each layer's pre-activation variance across
+  monitor examples) and saturation over training, per variant and depth."""
+  if "monitor_preact_var" not in ds or "saturated_fraction" not in ds or \
+      0 not in ds.record_step.values:
+    return None
+  col = colours(ds)
+  depths = fx.level_values(ds, "depth") if "depth" in fx.label_levels(ds) else [None]
+  style = {d: STYLES[i % len(STYLES)] for i, d in enumerate(depths)}
+  cs = fx.cells(ds, "depth")
+  fig, axes = _grid(1, 1 + len(cs))
+  ax = axes[0, 0]
+  for v in fx.variants(ds):
+    for d in depths:
+      part = fx.select(ds, v, (("depth", d),) if d is not None else ())
+      var = part.monitor_preact_var.sel(record_step=0).mean("model").values
+      var = var[np.isfinite(var)]
+      if var.size:
+        ax.plot(np.arange(1, var.size + 1), var, style[d], color=col[v], marker="o", ms=3,
+                label=v if d == depths[0] else None)
+  ax.set_yscale("log")
+  ax.set_xlabel("hidden layer")
+  ax.set_ylabel("pre-activation variance\nacross examples, at step 0")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  for j, cell in enumerate(cs, start=1):
+    ax = axes[0, j]
+    for v in fx.variants(ds):
+      for d in depths:
+        part = fx.select(ds, v, cell + ((("depth", d),) if d is not None else ()))
+        if part.sizes["model"]:
+          _band(ax, part.saturated_fraction.mean("layer", skipna=True), col[v], None)
+          ax.lines[-1].set_linestyle(style[d])
+    ax.set_title(_title(cell), fontsize=10)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("fraction of saturated units")
+  if depths != [None]:
+    for d in depths:
+      axes[0, 0].plot([], [], style[d], color="0.3", label=f"depth {d}")
+  _legend(fig, axes)
+  threshold = ds.attrs.get("saturation_threshold", "per activation")
+  caption = ("Left: each hidden layer's pre-activation variance across the monitor "
+             "examples at initialisation (mean over models; log scale): a fall with depth "
+             "is a signal that fades before it reaches the output. Right: the fraction of "
+             f"saturated units ({threshold}) over training, mean over layers. Line style: "
+             "depth; line: mean over seeds; band: min-max over seeds.")
+  return _save(fig, folder, "propagation.png"), caption
+
+
 ALL = (curves, lr_sensitivity, percentiles, grad_ics, landscape, curvature, test_time_modes,
-       shift_adaptation)
+       shift_adaptation, propagation)

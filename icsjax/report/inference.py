@@ -27,6 +27,7 @@ from icsjax.norms import BATCH_NORM_KINDS
 from icsjax.report import effects as fx
 from icsjax.report import render as r
 from icsjax.report.metrics import Metric
+from icsjax.report import wording as w
 from icsjax.report.tables import effects_table
 
 STATS = "stats_mode_accuracy"
@@ -38,7 +39,7 @@ NAMES = {"test_batch_size": "test batch", "test_time_step": "step", "corruption"
 
 def _m(key, label, definition, var) -> Metric:
   return Metric(key, label, definition, "difference", (var,), lambda ds: None, ".3f",
-                cadence=records_lib.BY_NAME["test_time"].cadence)
+                cadence=records_lib.BY_NAME["test_time"].cadence, per_example=True)
 
 
 RUNNING_VS_BATCH = _m(
@@ -172,7 +173,7 @@ def cell_value(e: fx.Effect, key: str):
   return dict(e.cell)[key]
 
 
-def grouped(effects, key: str, words: dict, prefix: str = "") -> str:
+def grouped(effects, key: str, branches: str, prefix: str = "") -> str:
   """'<word> at <prefix>a, b; <word2> at <prefix>c': effects grouped by their value of
   `key` and then by verdict; where the other labels (e.g. bn_momentum) disagree, each
   of their cells is named in brackets."""
@@ -187,21 +188,13 @@ def grouped(effects, key: str, words: dict, prefix: str = "") -> str:
     for e in es:
       where = fx.cell_text(tuple((k, x) for k, x in e.cell if k in varying))
       items.setdefault(e.verdict, []).append(f"{fx.value_text(v)} ({where})")
-  return "; ".join(f"{words.get(k, k)} at {prefix}{', '.join(vs)}"
+  return "; ".join(f"{w.words(branches, k)} at {prefix}{', '.join(vs)}"
                    for k, vs in items.items()) or "not measured"
 
 
 def only(effects, **cell) -> list[fx.Effect]:
   return [e for e in effects if all(dict(e.cell).get(NAMES.get(k, k)) == v
                                     for k, v in cell.items())]
-
-
-VERDICTS = {"inconclusive": "inconclusive (the interval includes 0)",
-            "too few seeds": "not estimable (fewer than 2 seeds)"}
-
-
-def _words(lower, higher) -> dict:
-  return {"lower": lower, "higher": higher, **VERDICTS}
 
 
 def _table_blocks(title, effects) -> list:
@@ -217,10 +210,8 @@ def _no_gap_sentence(ds, v) -> str:
   gap = np.abs(acc.sel(stats_mode="running") - acc.sel(stats_mode="batch")).values
   gap = gap[np.isfinite(gap)]
   if not gap.size:
-    return f"`{v}` has no defined train/eval-mode comparison."
-  return (f"`{v}` normalises nothing over the batch: its accuracy with running and with "
-          f"batch statistics differs by at most {gap.max():.3g} over all models, test batch "
-          f"sizes and steps (no train/eval-mode gap to explain).")
+    return w.say("q5.no_comparison", variant=v)
+  return w.say("q5.no_gap", variant=v, gap=f"{gap.max():.3g}")
 
 
 def part_modes(ds, cfg) -> tuple[list, list, list, list, list]:
@@ -230,46 +221,34 @@ def part_modes(ds, cfg) -> tuple[list, list, list, list, list]:
   gap, pop = running_vs_batch(ds), population_vs_running(ds)
   ss = steps(ds)
   first, last = ss[0], ss[-1]
-  worse_better = _words("lower (running statistics worse)",
-                        "higher (running statistics better)")
-  pop_words = _words("lower (population statistics worse)",
-                     "higher (population statistics better)")
+  batch = NAMES["test_batch_size"]
   gap_es_all, pop_es_all = [], []
   for v in bn_variants(ds):
     g, p = within(gap, RUNNING_VS_BATCH, v), within(pop, POPULATION_VS_RUNNING, v)
     gap_es_all += g
     pop_es_all += p
-    parts = [f"at the last test-time step (step {last}): "
-             f"{grouped(only(g, test_time_step=last), NAMES['test_batch_size'], worse_better, 'test batch ')}"]
-    if first != last:
-      parts.append(f"at the first (step {first}): "
-                   f"{grouped(only(g, test_time_step=first), NAMES['test_batch_size'], worse_better, 'test batch ')}")
-    head.append(f"`{v}`, test accuracy with running minus batch statistics: "
-                + "; ".join(parts) + ".")
+    head.append(w.say("q5.modes", variant=v, last=last, grouped=grouped(
+        only(g, test_time_step=last), batch, "running_minus_batch", "test batch ")))
     glance.append(head[-1])
-    pp = grouped(p, NAMES["test_time_step"], pop_words, "step ")
-    head.append(f"Population minus running statistics: {pp}.")
+    if first != last:
+      head.append(w.say("q5.modes_first", variant=v, first=first, grouped=grouped(
+          only(g, test_time_step=first), batch, "running_minus_batch", "test batch ")))
+    head.append(w.say("q5.population", variant=v, grouped=grouped(
+        p, NAMES["test_time_step"], "population", "step ")))
     undefined = sorted({int(b) for b in ds.test_batch_size.values
                         if not fx.select(ds, v, ()).stats_mode_defined.sel(
                             stats_mode="batch", test_batch_size=b).values.all()})
     if undefined:
-      details.append(f"For `{v}`, batch statistics at test batch size "
-                     f"{', '.join(map(str, undefined))} are undefined (a unit normalised "
-                     f"over a single element) and enter no number.")
+      details.append(w.say("q5.undefined", variant=v, sizes=", ".join(map(str, undefined))))
   if first == last and bn_variants(ds):
-    details.append(f"Only one test-time step was recorded (step {last}), so whether the gap "
-                   f"differs early in training is not measured; set `test_time_every` to a "
-                   f"fraction of `steps` (a multiple of `scan_length`) to record earlier ones.")
+    details.append(w.say("q5.one_step", last=last))
   for v in fx.variants(ds):
     if v not in bn_variants(ds):
       details.append(_no_gap_sentence(ds, v))
   if "bn_momentum" in fx.label_levels(ds):
-    details.append("`bn_momentum` is swept: every effect is given per momentum value "
-                   "(`bn_momentum=` in the table).")
+    details.append(w.say("q5.momentum_swept"))
   elif bn_variants(ds):
-    details.append(f"`bn_momentum` was not swept (fixed at {cfg.get('bn_momentum', '?')}); "
-                   f"sweep it, e.g. `c.sweep.bn_momentum = (0.9, 0.99)`, to see how the EMA's "
-                   f"decay changes the gap.")
+    details.append(w.say("q5.momentum_fixed", momentum=cfg.get("bn_momentum", "?")))
   effects = gap_es_all + pop_es_all
   blocks = (_table_blocks("Train/eval-mode gap per test batch size and test-time step",
                           gap_es_all)
@@ -282,24 +261,20 @@ def part_shift(ds) -> tuple[list, list, list, list, list]:
   head, glance, details = [], [], []
   drop = shift_drop(ds)
   sev = int(ds.severity.values.max())
-  falls = _words("negative (accuracy rises)", "positive (accuracy falls)")
   per_variant, versus_none = [], []
   for v in fx.variants(ds):
     es = within(drop, SHIFT_DROP, v)
     per_variant += es
-    head.append(f"At severity {sev} without adaptation, `{v}`'s accuracy lost to shift is "
-                f"{grouped(es, 'corruption', falls)}.")
-  more = _words("smaller than `none`'s", "larger than `none`'s")
+    head.append(w.say("q5.shift", severity=sev, variant=v,
+                      grouped=grouped(es, "corruption", "shift_loss")))
   for v, b in fx.baseline_contrasts(ds):
     es = versus(drop, SHIFT_DROP, v, b)
     versus_none += es
-    head.append(f"`{v}` minus `{b}` (paired by seed): its loss is "
-                f"{grouped(es, 'corruption', more)}.")
-    glance.append(f"Under shift (severity {sev}, no adaptation), `{v}`'s accuracy loss "
-                  f"relative to `{b}`'s is {grouped(es, 'corruption', more)}.")
+    head.append(w.say("q5.shift_vs", severity=sev, variant=v, baseline=b,
+                      grouped=grouped(es, "corruption", "shift_vs_baseline")))
+    glance.append(head[-1])
   if not fx.baseline_contrasts(ds):
-    details.append("No `none` variant: the fall under shift cannot be compared with a "
-                   "network without a norm.")
+    details.append(w.say("q5.no_shift_baseline"))
   blocks = (_table_blocks(f"Accuracy lost under shift, clean minus shifted, severity {sev}, "
                           f"no adaptation", per_variant)
             + _table_blocks("The same loss compared between variants", versus_none))
@@ -310,7 +285,6 @@ def part_adapt(ds) -> tuple[list, list, list, list, list]:
   head, glance, details = [], [], []
   gain = adapt_gain(ds)
   sev = int(ds.severity.values.max())
-  helps = _words("negative (adaptation hurts)", "positive (adaptation helps)")
   effects = []
   for v in bn_variants(ds):
     es = within(gain, ADAPT_GAIN, v)
@@ -320,28 +294,34 @@ def part_adapt(ds) -> tuple[list, list, list, list, list]:
       for prior in ds.adapt_prior.values.tolist():
         sel = [e for e in es if cell_value(e, "n") == n and cell_value(e, "N") == prior]
         if sel:
-          parts[n, prior] = f"with N={prior:g}, n={n}: {grouped(sel, 'corruption', helps)}"
+          parts[n, prior] = w.say("q5.adapt_one", prior=f"{prior:g}", n=n,
+                                  grouped=grouped(sel, "corruption", "adapt"))
     if parts:
       # at a glance: the largest n, with the smallest prior (full adaptation when N = 0)
       key = min(parts, key=lambda k: (-k[0], k[1]))
-      glance.append(f"Adapting `{v}`'s statistics at severity {sev}, {parts[key]}.")
-      parts = list(parts.values())
-      head.append(f"Re-estimating `{v}`'s statistics on shifted test data (severity {sev}), "
-                  f"adapted minus unadapted accuracy is " + "; ".join(parts) + ".")
+      glance.append(w.say("q5.adapt_glance", variant=v, severity=sev, part=parts[key]))
+      head.append(w.say("q5.adapt", variant=v, severity=sev, parts="; ".join(parts.values())))
   undefined = ds.shift_defined.sel(adapt="full")
   if not bool(undefined.all()):
-    details.append("Full adaptation with N = 0 on a single example (n = 1) is undefined for a "
-                   "dense batch norm and enters no number.")
+    details.append(w.say("q5.adapt_undefined"))
   if not bn_variants(ds):
-    details.append("No batch-norm variant: adaptation has nothing to re-estimate.")
-  details.append("The `clean` rows adapt on unshifted data: what adaptation costs when "
-                 "nothing has shifted.")
+    details.append(w.say("q5.adapt_no_bn"))
+  details.append(w.say("q5.adapt_clean"))
   blocks = _table_blocks(f"Accuracy gained by adaptation (full, each prior N), severity {sev}",
                          effects)
   return head, glance, details, effects, blocks
 
 
+TEST_TIME_DIM = "test_time_step"
+
+
+def not_analysed(ds) -> str:
+  """What the section cannot say yet, and whether the workdir holds the records for it."""
+  recorded = sorted(str(k) for k, v in ds.data_vars.items() if TEST_TIME_DIM in v.dims)
+  if recorded:
+    return w.say("q5.not_analysed", records=", ".join(f"`{k}`" for k in recorded))
+  return w.say("q5.not_recorded")
+
+
 def no_shift() -> str:
-  return ("Shifted test inputs were not evaluated (`adapt_sizes=()` or no corruptions): "
-          "set `shift_corruptions` and `adapt_sizes` (the default study has both) to measure "
-          "the fall under shift and what adaptation recovers.")
+  return w.say("q5.no_shift")

@@ -30,6 +30,7 @@ class Metric:
   compute: Callable[[xr.Dataset], xr.DataArray]
   fmt: str = ".3g"
   cadence: str = ""  # the config field of the probe that records it ("": always)
+  per_example: bool = False  # a fraction of test examples: resolved to one example
 
   def available(self, ds: xr.Dataset) -> bool:
     return all(v in ds for v in self.needs)
@@ -84,7 +85,7 @@ FINAL_ACCURACY = Metric(
     "final_accuracy", "final test accuracy",
     "test-set accuracy (fraction correct) at the last evaluation, eval mode (running "
     "statistics)", "difference", ("test_accuracy_eval_mode",),
-    _final("test_accuracy_eval_mode"), ".3f")
+    _final("test_accuracy_eval_mode"), ".3f", per_example=True)
 MEDIAN_DRIFT = Metric(
     "median_drift", "drift of the median nonlinearity input",
     "|median at the last record − median at the first record| of a tracked unit's "
@@ -118,4 +119,41 @@ TEST_MODE_GAP = Metric(
     "test_mode_gap", "test accuracy, running minus batch statistics",
     "at the last evaluation: accuracy with running (EMA) statistics minus accuracy with "
     "each test batch normalised by its own statistics (training batch size)", "difference",
-    ("test_accuracy_eval_mode", "test_accuracy_train_mode"), _test_mode_gap, ".3f")
+    ("test_accuracy_eval_mode", "test_accuracy_train_mode"), _test_mode_gap, ".3f",
+    per_example=True)
+
+
+def _hidden_layer_mean(var):
+  """Mean over the hidden weight layers (every one but the output layer, which no
+  norm follows), then over probe events."""
+  def compute(ds):
+    kind_axis = [d for d in ds[var].dims if d.endswith("_step")][0]
+    hidden = ds[var].isel(weight_layer=slice(0, -1))
+    return hidden.mean("weight_layer").mean(kind_axis, skipna=False)
+  return compute
+
+
+SCALED_SHARPNESS = Metric(
+    "scaled_sharpness", "scale-aware sharpness ‖W‖²·λ_max(H_WW)",
+    "per hidden weight layer, the squared norm of its kernel times the largest eigenvalue "
+    "of the Hessian block of that kernel (unchanged when a kernel followed by batch norm is "
+    "rescaled), averaged over hidden layers and curvature probes", "ratio",
+    ("layer_sharpness_scaled",), _hidden_layer_mean("layer_sharpness_scaled"),
+    cadence=records_lib.BY_NAME["curvature"].cadence)
+LAYER_LAMBDA_MAX = Metric(
+    "layer_lambda_max", "per-layer λ_max(H_WW), raw",
+    "largest eigenvalue of a hidden kernel's own Hessian block, averaged over hidden layers "
+    "and curvature probes (changes as 1/c² when a kernel followed by batch norm is scaled "
+    "by c)", "ratio", ("layer_lambda_max",), _hidden_layer_mean("layer_lambda_max"),
+    cadence=records_lib.BY_NAME["curvature"].cadence)
+GRAD_PREDICTIVENESS_RELATIVE = Metric(
+    "grad_predictiveness_relative", "relative gradient change along the update",
+    "‖∇L(θ) − ∇L(θ − ηd)‖ / ‖∇L(θ)‖, averaged over probe steps and step sizes η", "ratio",
+    ("landscape_grad_diff_relative",),
+    lambda ds: ds.landscape_grad_diff_relative.mean(
+        [d for d in ds.landscape_grad_diff_relative.dims if d != "model"], skipna=False),
+    cadence=records_lib.BY_NAME["landscape"].cadence)
+LOSS_VARIATION_RELATIVE = _probe_mean(
+    "loss_variation_relative", "relative loss variation along the update",
+    "(max − min of the loss over the step sizes η) / the loss at θ",
+    "landscape_loss_variation_relative", "landscape")

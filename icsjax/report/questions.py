@@ -2,15 +2,20 @@
 follows from them.
 
 Answers are assembled from the verdicts of the effects (lower, higher,
-inconclusive), never written ahead of the numbers: swap two variants' labels
-and the words swap with them. A question whose data the workdir lacks says
-what is missing and how to record it.
+inconclusive, below resolution), never written ahead of the numbers: swap two
+variants' labels and the words swap with them. Each question rests on one
+primary effect declared in advance (report.primary) whose verdict reads its
+Holm-adjusted p-value; every other number is exploratory. Every sentence
+comes from a template (report.wording). A question whose data the workdir
+lacks says what is missing and how to record it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import numpy as np
 import xarray as xr
 
 from icsjax.norms import BATCH_NORM_KINDS
@@ -18,91 +23,45 @@ from icsjax.report import effects as fx
 from icsjax.report import inference as tt
 from icsjax.report import metrics as m
 from icsjax.report import render as r
+from icsjax.report import trainability
+from icsjax.report.primary import smallest_defined_batch
 from icsjax.report.tables import definitions, effects_table, variant_table
+from icsjax.report.wording import BRANCHES, numbers, overall, say, words
 
 
 @dataclasses.dataclass(frozen=True)
 class Section:
   number: int
   question: str
-  headline: str  # the answer in a sentence or two; also the summary at the top
+  headline: str  # the answer, with its numbers: the section's first paragraph
   blocks: tuple
   effects: tuple = ()  # every effect the section states, in the order of its table
+  glance: str = ""  # one or two plain sentences for "Answers at a glance"
 
 
 # --- turning verdicts into words
 
-def overall(effects) -> str:
-  """The verdict every effect shares, or "mixed"."""
-  verdicts = {e.verdict for e in effects}
-  return verdicts.pop() if len(verdicts) == 1 else "mixed" if verdicts else "not measured"
-
-
-UNCLEAR = "is not clearly different (inconclusive: the interval includes no change)"
-NOT_ESTIMABLE = "cannot be estimated (fewer than 2 paired seeds)"
-
-
-def _words(lower, higher, unclear):
-  return {"lower": lower, "higher": higher, "inconclusive": unclear,
-          "too few seeds": NOT_ESTIMABLE}
-
-
-def phrase(effects, lower: str, higher: str, unclear: str = UNCLEAR) -> str:
-  """'<lower> (lr=0.1: x0.29 [0.28, 0.30]; lr=0.5: ...)' when every cell agrees,
-  else each cell's verdict in turn; meant to end a sentence."""
-  words = _words(lower, higher, unclear)
-  verdict = overall(effects)
-  if verdict in words:
-    numbers = "; ".join(f"{e.cell_text()}: {e.text()}" if e.cell else e.text()
-                        for e in effects)
-    return _with_numbers(words[verdict], numbers)
-  return "; ".join(_with_numbers(f"{words[e.verdict]} at {e.cell_text()}", e.text())
-                   for e in effects)
-
-
-def _with_numbers(words: str, numbers: str) -> str:
-  """'is lower (x)'; 'is unclear (inconclusive; x)' rather than two brackets in a row."""
-  if words.endswith(")"):
-    return f"{words[:-1]}; {numbers})"
-  return f"{words} ({numbers})"
-
-
-# Words for lower / higher / inconclusive, for sentences that end in phrase().
-ICS = ("reduces ICS", "increases ICS", "does not clearly change ICS (inconclusive)")
-SPEED = ("is lower (it trains faster)", "is higher (it trains slower)")
-WITH_DEPTH = ("shrinks", "grows", "does not clearly change (inconclusive)")
-RUNNING_STATS = ("is negative (running statistics do worse)",
-                 "is positive (running statistics do better)",
-                 "is not clearly different from zero (inconclusive)")
-
-
-def reading(effects, lower: str, higher: str, unclear: str = "inconclusive") -> str:
-  """The verdict in a few words, without numbers (for the headline)."""
-  words = _words(lower, higher, unclear)
-  verdict = overall(effects)
-  if verdict in words:
-    return words[verdict]
-  return "mixed (" + "; ".join(f"{words[e.verdict]} at {e.cell_text()}" for e in effects) + ")"
+def glance(primary, branches: str, claim: str) -> str:
+  """The plain answer from a question's primary effect (one per cell)."""
+  if not primary:
+    return say("primary_missing", claim=claim)
+  verdict = overall(primary)
+  if verdict in BRANCHES[branches]:
+    return say("glance", answer=words(branches, verdict), numbers=numbers(primary))
+  cells = "; ".join(f"{e.cell_text()}: {words(branches, e.verdict)} "
+                    f"({numbers([dataclasses.replace(e, cell=())])})" for e in primary)
+  return say("glance_mixed", cells=cells)
 
 
 def missing_probe(metric) -> str:
   if not metric.cadence:  # e.g. no accuracy on a regression task
-    return f"{metric.label} is not in this workdir's records, so it is left out."
-  return (f"{metric.label} was not measured: its probe was off (`{metric.cadence}=0`). "
-          f"Set `--config.{metric.cadence}` to a multiple of `scan_length` (the default "
-          f"study uses 250) to record it.")
+    return say("missing_record", label=metric.label)
+  return say("missing_probe", label=metric.label, cadence=metric.cadence)
 
 
 def no_baseline(ds: xr.Dataset) -> str:
   vs = ", ".join(f"`{v}`" for v in fx.variants(ds))
-  if len(fx.variants(ds)) == 1:
-    return (f"Only one variant ({vs}) is in this study, so there is nothing to compare it "
-            f"with. To answer, sweep the norm with a baseline, e.g. "
-            f"`--config.sweep.norm=\"('none','batchnorm')\"` (or `c.sweep.norm` in the "
-            f"config file).")
-  return (f"No variant `{fx.BASELINE}` (no norm) is in this study (variants: {vs}), so no "
-          f"variant can be compared with the network without a norm. Add `none` to "
-          f"`sweep.norm` to answer.")
+  return say("one_variant" if len(fx.variants(ds)) == 1 else "no_baseline", variants=vs)
 
 
 def _figures(figs: dict, *names) -> list:
@@ -115,13 +74,14 @@ def _available(metrics, ds):
   return have, notes
 
 
-def _body(ds, headline, details, effects, metrics, notes, figs) -> list:
-  out = [r.Para(f"**Answer.** {headline}")]
+def _body(ds, headline, details, effects, metrics, notes, figs, lead=()) -> list:
+  out = [*lead, r.Para(f"**Answer.** {headline}")]
   if details:
     out.append(r.Bullets(tuple(details)))
   out += notes
   if effects:
-    out += [r.Para("Paired effects (95% t intervals over seed indices):"),
+    out += [r.Para("Paired effects (95% t intervals over seed indices; the primary effect's "
+                   "verdict reads its Holm-adjusted p-value, the rest are exploratory):"),
             effects_table(effects)]
   if metrics:
     out += [r.Para("Per-variant values (mean [95% t interval] over seeds, not paired):"),
@@ -129,9 +89,25 @@ def _body(ds, headline, details, effects, metrics, notes, figs) -> list:
   return out + figs
 
 
+def _compare(ds, metric, a, b, primary=()):
+  """Effects of metric a vs b, the declared primary ones replaced by their adjusted twins."""
+  es = fx.with_resolution(ds, fx.compare(ds, metric, a, b))
+  return _use_primary(es, primary)
+
+
+def _use_primary(es, primary):
+  adjusted = {(e.metric.key, e.contrast, e.cell): e for e in primary}
+  return [adjusted.get((e.metric.key, e.contrast, e.cell), e) for e in es]
+
+
+def _phase_sentence(ds, metric, a, b) -> str:
+  """Whether the effect reads the same early and late in training, or at matched loss."""
+  return ""  # TODO(lead): phases.py from the phases branch
+
+
 # --- the questions
 
-def q1(ds, figs, info) -> Section:
+def q1(ds, figs, info, primary=()) -> Section:
   """Does BN reduce internal covariate shift, by either definition?"""
   del info
   defs = ((m.MEDIAN_DRIFT, "distribution definition (Ioffe & Szegedy)"),
@@ -139,22 +115,68 @@ def q1(ds, figs, info) -> Section:
   have, notes = _available([d for d, _ in defs], ds)
   contrasts = fx.baseline_contrasts(ds)
   effects, details, headline = [], [], []
+  why = mechanism(ds)
+  lead = [r.Para("**Why shift would matter.** " + " ".join(why))] if why else []
   for v, b in contrasts:
     readings = []
     for metric, name in defs:
       if metric not in have:
         continue
-      es = fx.compare(ds, metric, v, b)
+      es = _compare(ds, metric, v, b, primary)
       effects += es
-      details.append(f"Relative to `{b}`, by the {name}, `{v}` {phrase(es, *ICS)}.")
-      readings.append(f"{reading(es, *ICS[:2])} by the {name.split(' (')[0]}")
-    headline.append(f"`{v}` vs `{b}`: {', '.join(readings) or 'not measured'}.")
+      details.append(say("q1.detail", es, baseline=b, definition=name, variant=v))
+      readings.append(say("q1.reading", es, definition=name.split(" (")[0]))
+      if metric is m.GRAD_ICS:
+        details.append(_phase_sentence(ds, metric, v, b))
+    headline.append(say("q1.head", variant=v, baseline=b,
+                        readings=", ".join(readings) or "not measured"))
+    if m.EARLY_LOSS.available(ds):
+      es = _compare(ds, m.EARLY_LOSS, v, b)
+      effects += es
+      details.append(say("q1.benefit", es, variant=v, label=m.EARLY_LOSS.label, baseline=b))
   if not contrasts:
     headline = [no_baseline(ds)]
-  blocks = _body(ds, " ".join(headline), details, effects, have, notes,
-                 _figures(figs, "percentiles", "grad_ics"))
+  blocks = _body(ds, " ".join(headline), [d for d in details if d], effects, have, notes,
+                 _figures(figs, "percentiles", "grad_ics",
+                          *(() if _has_depth(ds) else ("propagation",))), lead)
   return Section(1, "Does batch norm reduce internal covariate shift, by either definition?",
-                 " ".join(headline), tuple(blocks), tuple(effects))
+                 " ".join(headline), tuple(blocks), tuple(effects),
+                 glance(primary, "glance_ics", "gradient-ICS of `batchnorm` over `none`"))
+
+
+def _has_depth(ds) -> bool:
+  """A depth sweep: question 3 then shows signal propagation per depth."""
+  return "depth" in fx.label_levels(ds) and len(fx.level_values(ds, "depth")) > 1
+
+
+def mechanism(ds) -> list[str]:
+  """Why shift would be a problem, from what this study recorded: variance collapse
+  at initialisation, saturation, and the drift batch norm does not remove."""
+  out = []
+  for v in fx.variants(ds):
+    if v in BATCH_NORM_KINDS:
+      continue
+    collapse = trainability.variance_collapse(fx.select(ds, v, ()))
+    if collapse is not None:
+      first, last, layers = collapse
+      factor = (last / first) ** (1 / max(layers - 1, 1))
+      out.append(say("q1.collapse", variant=v, first=f"{first:.3g}", last=f"{last:.3g}",
+                     layers=layers, factor=f"{factor:.2g}",
+                     verdict=trainability.propagation_verdict(factor)))
+  sat = trainability.saturation_by_variant(ds)
+  if sat:
+    fractions = "; ".join(f"`{v}` {x:.1%}" for v, x in sat.items())
+    out.append(say("q1.saturation", threshold=ds.attrs.get("saturation_threshold",
+                                                            "per activation"),
+                   fractions=fractions))
+  drift = trainability.preact_drift_by_variant(ds)
+  for v, b in fx.baseline_contrasts(ds):
+    if v in BATCH_NORM_KINDS and v in drift and b in drift:
+      out.append(say("q1.preact_drift", variant=v, baseline=b, drift=f"{drift[v]:.3g}",
+                     baseline_drift=f"{drift[b]:.3g}"))
+  if any(v in BATCH_NORM_KINDS for v in fx.variants(ds)):
+    out.append(say("q1.by_construction"))
+  return out
 
 
 def _q2_conclusion(noisy, clean, ics_effects, speed) -> str:
@@ -162,24 +184,18 @@ def _q2_conclusion(noisy, clean, ics_effects, speed) -> str:
   more = [es[0].metric.label for es in ics_effects if overall(es) == "higher"]
   others = [es[0].metric.label for es in ics_effects if overall(es) != "higher"]
   if not more:
-    return (f"The injected noise did not measurably raise ICS by any measure recorded here, "
-            f"so `{noisy}` vs `{clean}` cannot test whether ICS slows training.")
+    return say("q2.no_more_ics", noisy=noisy, clean=clean)
   which = f"by {' and '.join(more)}" + (f" (not by {' or '.join(others)})" if others else "")
   verdict = overall(speed)
   if verdict == "higher":
-    return (f"`{noisy}` has more ICS than `{clean}` {which} and trains slower early on: "
-            f"consistent with ICS slowing training, though the noise could slow it by other "
-            f"means.")
+    return say("q2.slower", noisy=noisy, clean=clean, which=which)
   if verdict in ("lower", "inconclusive"):
     how = "faster" if verdict == "lower" else "no detectably slower (within the interval)"
-    return (f"`{noisy}` has more ICS than `{clean}` {which}, yet trains {how} early on: in "
-            f"this study added ICS did not slow training, which argues against ICS being "
-            f"what slows training (Santurkar et al.'s reading).")
-  return (f"`{noisy}` has more ICS than `{clean}` {which}; whether it trains slower differs "
-          f"between settings (see the table).")
+    return say("q2.not_slower", noisy=noisy, clean=clean, which=which, how=how)
+  return say("q2.mixed", noisy=noisy, clean=clean, which=which)
 
 
-def q2(ds, figs, info) -> Section:
+def q2(ds, figs, info, primary=()) -> Section:
   """Is ICS what slows training? (noisy BN: high ICS, yet trains like BN?)"""
   del figs, info  # its figures (curves, percentiles) stand in the sections before it
   ics_metrics = (m.MEDIAN_DRIFT, m.GRAD_ICS)
@@ -187,50 +203,53 @@ def q2(ds, figs, info) -> Section:
   pairs = fx.noisy_contrasts(ds)
   effects, details, headline = [], [], []
   for noisy, clean in pairs:
-    ics = [fx.compare(ds, x, noisy, clean) for x in ics_metrics if x in have]
-    speed = fx.compare(ds, m.EARLY_LOSS, noisy, clean)
+    ics = [_compare(ds, x, noisy, clean) for x in ics_metrics if x in have]
+    speed = _compare(ds, m.EARLY_LOSS, noisy, clean, primary)
     effects += [e for es in ics for e in es] + speed
     for es in ics:
-      details.append(f"Relative to `{clean}`, the {es[0].metric.label} of `{noisy}` "
-                     f"{phrase(es, 'is lower', 'is higher')}.")
-    details.append(f"Its {m.EARLY_LOSS.label} {phrase(speed, *SPEED)}.")
+      details.append(say("q2.detail", es, clean=clean, label=es[0].metric.label,
+                         noisy=noisy))
+    details.append(say("q2.speed", speed, label=m.EARLY_LOSS.label))
+    details.append(_phase_sentence(ds, m.EARLY_LOSS, noisy, clean))
     if m.FINAL_ACCURACY in have:
-      final = fx.compare(ds, m.FINAL_ACCURACY, noisy, clean)
+      final = _compare(ds, m.FINAL_ACCURACY, noisy, clean)
       effects += final
-      details.append(f"Its {m.FINAL_ACCURACY.label} {phrase(final, 'is lower', 'is higher')}.")
+      details.append(say("q2.final", final, label=m.FINAL_ACCURACY.label))
     if fx.BASELINE in fx.variants(ds):
-      base = fx.compare(ds, m.EARLY_LOSS, noisy, fx.BASELINE)
+      base = _compare(ds, m.EARLY_LOSS, noisy, fx.BASELINE)
       effects += base
-      details.append(f"Relative to `{fx.BASELINE}`, its {m.EARLY_LOSS.label} "
-                     f"{phrase(base, *SPEED)}.")
+      details.append(say("q2.speed_vs_none", base, baseline=fx.BASELINE,
+                         label=m.EARLY_LOSS.label))
     headline.append(_q2_conclusion(noisy, clean, ics, speed))
   if not pairs:
-    headline = [f"Not measured: this needs a noisy variant and its clean counterpart in one "
-                f"study (e.g. `noisy_batchnorm` and `batchnorm`; variants here: "
-                f"{', '.join(f'`{v}`' for v in fx.variants(ds))}). Add `noisy_batchnorm` "
-                f"to `sweep.norm` (the default study has both)."]
+    headline = [say("q2.not_measured",
+                    variants=", ".join(f"`{v}`" for v in fx.variants(ds)))]
     have = []
-  blocks = _body(ds, " ".join(headline), details, effects, have, notes, [])
+  blocks = _body(ds, " ".join(headline), [d for d in details if d], effects, have, notes, [])
+  text = (glance(primary, "glance_noise", "early loss of `noisy_batchnorm` over `batchnorm`")
+          if pairs else headline[0])
   return Section(2, "Is ICS what slows training? (Noisy BN: more ICS, yet trains like BN?)",
-                 " ".join(headline), tuple(blocks), tuple(effects))
+                 " ".join(headline), tuple(blocks), tuple(effects), text)
 
 
-def q3(ds, figs, info) -> Section:
+def q3(ds, figs, info, primary=()) -> Section:
   """Does depth amplify the shift and its effect on training?"""
-  del figs
   question = "Does depth amplify the shift and its effect on training?"
   depths = fx.level_values(ds, "depth") if "depth" in fx.label_levels(ds) else []
   if len(depths) < 2:
-    depth = info["config"].get("depth", "?")
-    text = (f"Not measured: every model in this study has depth {depth}, so the effect of "
-            f"depth cannot be estimated. To answer, sweep it together with the norm, e.g. "
-            f"`--config.sweep.depth=\"(2,4,8)\" --config.sweep.norm=\"(none,batchnorm)\"` "
-            f"on the command line (or `c.sweep.depth = (2, 4, 8)` in a config file), and "
-            f"rerun.")
-    return Section(3, question, text, (r.Para(f"**Answer.** {text}"),))
+    text = say("q3.not_measured", depth=info["config"].get("depth", "?"))
+    return Section(3, question, text, (r.Para(f"**Answer.** {text}"),), glance=text)
   deep, shallow = max(depths), min(depths)
   have, notes = _available([m.MEDIAN_DRIFT, m.GRAD_ICS, m.EARLY_LOSS], ds)
   effects, details, headline = [], [], []
+  trained = trainability.by_depth(ds)
+  details += [say("q3.trained", depth=d, lr=fx.value_text(lr), counts=c)
+              for (d, lr), c in trained.items()]
+  for v in fx.variants(ds):
+    for d in depths:
+      factor = trainability.propagation_factor(fx.select(ds, v, (("depth", d),)))
+      if factor is not None:
+        details.append(say("q3.propagation", factor=f"{factor:.2g}", variant=v, depth=d))
   by_metric = {x: fx.compare(ds, x, deep, shallow, level="depth")
                for x in (m.MEDIAN_DRIFT, m.GRAD_ICS) if x in have}
   for v in fx.variants(ds):
@@ -238,146 +257,150 @@ def q3(ds, figs, info) -> Section:
     for metric, all_es in by_metric.items():
       es = [e for e in all_es if e.contrast.startswith(f"{v}: ")]
       effects += es
-      details.append(f"For `{v}`, from depth {shallow} to {deep}, the {metric.label} "
-                     f"{phrase(es, *WITH_DEPTH)}.")
-      readings.append(f"{metric.label} {reading(es, *WITH_DEPTH[:2])}")
-    headline.append(f"`{v}`, depth {shallow} to {deep}: {', '.join(readings)}.")
+      details.append(say("q3.detail", es, variant=v, shallow=shallow, deep=deep,
+                         label=metric.label))
+      readings.append(say("q3.reading", es, label=metric.label))
+    if readings:
+      headline.append(say("q3.head", variant=v, shallow=shallow, deep=deep,
+                          readings=", ".join(readings)))
   for v, b in fx.baseline_contrasts(ds):
-    es = fx.depth_interaction(ds, m.EARLY_LOSS, v, b, deep, shallow)
+    es = _use_primary(fx.depth_interaction(ds, m.EARLY_LOSS, v, b, deep, shallow), primary)
     effects += es
-    gains, loses = f"falls: `{v}` gains more over `{b}`", f"rises: `{v}` gains less over `{b}`"
-    details.append(f"The ratio of `{v}`'s {m.EARLY_LOSS.label} to `{b}`'s, at depth {deep} "
-                   f"over depth {shallow}, {phrase(es, gains, loses, WITH_DEPTH[2])}.")
-    headline.append(f"`{v}`'s training advantage over `{b}` "
-                    f"{reading(es, 'grows', 'shrinks', WITH_DEPTH[2])} with depth.")
-  blocks = _body(ds, " ".join(headline), details, effects, have, notes, [])
-  return Section(3, question, " ".join(headline), tuple(blocks), tuple(effects))
+    details.append(say("q3.interaction", es, variant=v, label=m.EARLY_LOSS.label, baseline=b,
+                       deep=deep, shallow=shallow))
+  failures = trainability.failure_glance(ds, deep)
+  headline = ([failures] if failures else []) + headline
+  text = glance(primary, "glance_depth", "depth interaction of the early-loss ratio")
+  if failures:
+    text = f"{failures} {text}"
+  blocks = _body(ds, " ".join(headline), details, effects, have, notes,
+                 _figures(figs, "propagation"))
+  return Section(3, question, " ".join(headline), tuple(blocks), tuple(effects), text)
 
 
-LANDSCAPE = (  # metric, what a lower and a higher value mean (variant vs none)
-    (m.GRAD_PREDICTIVENESS, "makes the gradient more predictive (smaller change along the "
-                            "update)", "makes the gradient less predictive"),
-    (m.BETA_SMOOTHNESS, "lowers the effective β-smoothness (a smoother landscape)",
-     "raises the effective β-smoothness (a less smooth landscape)"),
-    (m.LOSS_VARIATION, "reduces the loss variation along the update",
-     "increases the loss variation along the update"),
-    (m.LAMBDA_MAX, "lowers the sharpness λ_max", "raises the sharpness λ_max"),
-)
+LANDSCAPE = (  # metric; scale-aware and relative measures first
+    m.SCALED_SHARPNESS, m.GRAD_PREDICTIVENESS_RELATIVE, m.LOSS_VARIATION_RELATIVE,
+    m.GRAD_PREDICTIVENESS, m.BETA_SMOOTHNESS, m.LOSS_VARIATION, m.LAMBDA_MAX,
+    m.LAYER_LAMBDA_MAX)
 
 
-def _learning_rates(ds) -> str:
-  """Which learning rates each variant survived; whether the sweep found a limit."""
-  if "lr" not in fx.label_levels(ds) or len(fx.level_values(ds, "lr")) < 2:
-    return ("Only one learning rate was run, so usable learning rates cannot be compared; "
-            "sweep it, e.g. `--config.sweep.lr=\"(0.05,0.1,0.5,2)\"`.")
-  lrs = fx.level_values(ds, "lr")
-  parts = []
-  for v in fx.variants(ds):
-    bad = [lr for lr in lrs if fx.diverged(fx.select(ds, v, (("lr", lr),))) > 0]
-    parts.append(f"`{v}` diverged at lr = {', '.join(f'{x:g}' for x in bad)}" if bad
-                 else f"`{v}` never diverged")
-  text = "Learning rates: " + "; ".join(parts) + "."
-  if fx.diverged(ds) == 0:
-    text += (f" No model diverged up to lr = {max(lrs):g}, so this sweep does not reach the "
-             f"largest usable rate; add larger ones to `sweep.lr` to find it.")
-  return text
+DEFAULT_INIT = {"init": "lecun_normal", "init_gain": 1.0}
 
 
-def q4(ds, figs, info) -> Section:
+def beyond_init(ds) -> tuple[list[str], list]:
+  """What batch norm at the default initialisation adds over a network without a norm
+  at each other initialisation the study has: (sentences, effects)."""
+  levels = [k for k in DEFAULT_INIT if k in fx.label_levels(ds)]
+  if not levels or "batchnorm" not in fx.variants(ds) or fx.BASELINE not in fx.variants(ds):
+    return [], []
+  default = {k: DEFAULT_INIT[k] for k in levels}
+  none = fx.select(ds, fx.BASELINE, ())
+  settings = dict.fromkeys(zip(*(none[k].values.tolist() for k in levels)))
+  out, effects = [], []
+  for setting in settings:
+    other = dict(zip(levels, setting))
+    if other == default:
+      continue
+    init = ", ".join(f"{k}={fx.value_text(v)}" for k, v in other.items())
+    for metric in (m.EARLY_LOSS, m.FINAL_ACCURACY):
+      if not metric.available(ds):
+        continue
+      es = fx.with_resolution(ds, fx.compare_across(
+          ds, metric, {fx.VARIANT: "batchnorm", **default}, {fx.VARIANT: fx.BASELINE, **other}))
+      effects += es
+      out.append(say("q4.beyond_init", es, label=metric.label, init=init))
+  return out, effects
+
+
+def q4(ds, figs, info, primary=()) -> Section:
   """What does BN do to the loss landscape and to usable learning rates?"""
   del info
-  landscape = [x for x, _, _ in LANDSCAPE]
-  have, notes = _available(landscape + [m.EARLY_LOSS, m.FINAL_ACCURACY], ds)
+  have, notes = _available(list(LANDSCAPE) + [m.EARLY_LOSS, m.FINAL_ACCURACY], ds)
   contrasts = fx.baseline_contrasts(ds)
   effects, details, headline = [], [], []
   for v, b in contrasts:
     readings = []
-    for metric, lower, higher in LANDSCAPE:
-      if metric in have:
-        es = fx.compare(ds, metric, v, b)
-        effects += es
-        unclear = f"does not clearly change the {metric.label} (inconclusive)"
-        details.append(f"Relative to `{b}`, `{v}` {phrase(es, lower, higher, unclear)}.")
-        readings.append(f"{metric.label} {reading(es, 'lower', 'higher')}")
-    for metric in (x for x in (m.EARLY_LOSS, m.FINAL_ACCURACY) if x in have):
-      es = fx.compare(ds, metric, v, b)
+    for metric in [x for x in LANDSCAPE if x in have]:
+      es = _compare(ds, metric, v, b, primary)
       effects += es
-      details.append(f"Relative to `{b}`, the {metric.label} of `{v}` "
-                     f"{phrase(es, 'is lower', 'is higher')}.")
-      readings.append(f"{metric.label} {reading(es, 'lower', 'higher')}")
-    headline.append(f"`{v}` vs `{b}`: " + "; ".join(readings) + ".")
+      details.append(say("q4.detail", es, baseline=b, variant=v, label=metric.label))
+      readings.append(say("q4.reading", es, label=metric.label))
+      if metric in (m.SCALED_SHARPNESS, m.BETA_SMOOTHNESS, m.GRAD_PREDICTIVENESS_RELATIVE):
+        details.append(_phase_sentence(ds, metric, v, b))
+    for metric in (x for x in (m.EARLY_LOSS, m.FINAL_ACCURACY) if x in have):
+      es = _compare(ds, metric, v, b)
+      effects += es
+      details.append(say("relative", es, baseline=b, label=metric.label, variant=v))
+      readings.append(say("q4.reading", es, label=metric.label))
+    headline.append(say("q4.head", variant=v, baseline=b, readings="; ".join(readings)))
   if not contrasts:
     headline = [no_baseline(ds)]
-  details.append(_learning_rates(ds))
-  blocks = _body(ds, " ".join(headline), details, effects, have, notes,
-                 _figures(figs, "lr_sensitivity", "landscape", "curvature"))
+  if any(x in have for x in LANDSCAPE):
+    details.append(say("q4.scale_note"))
+  sentences, extra = beyond_init(ds)
+  details += sentences
+  effects += extra
+  details += trainability.learning_rates(ds)
+  blocks = _body(ds, " ".join(headline), [d for d in details if d], effects, have, notes,
+                 _figures(figs, "lr_sensitivity", "ratio_over_time", "landscape", "curvature"))
+  text = glance(primary, "glance_sharpness", "scale-aware sharpness of `batchnorm` over `none`")
+  lr_text = trainability.learning_rates(ds)
+  if lr_text:
+    text += " " + lr_text[0]
   return Section(4, "What does batch norm do to the loss landscape and to usable learning "
-                 "rates?", " ".join(headline), tuple(blocks), tuple(effects))
+                 "rates?", " ".join(headline), tuple(blocks), tuple(effects), text)
 
 
-TEST_TIME_DIM = "test_time_step"
-
-
-def _not_analysed(ds) -> str:
-  """What the section cannot say yet, and whether the workdir holds the records for it."""
-  wanted = ("accuracy with recomputed population statistics, by test batch size, and under "
-            "shifted test inputs with and without re-estimating the batch-norm statistics "
-            "(docs/measurements.md, \"Test time\")")
-  recorded = sorted(str(k) for k, v in ds.data_vars.items() if TEST_TIME_DIM in v.dims)
-  if recorded:
-    return (f"This workdir holds test-time records ({', '.join(f'`{k}`' for k in recorded)}) "
-            f"but this report does not analyse them yet: {wanted} are left out, and this "
-            f"section compares only the two test-time modes every run evaluates.")
-  return (f"Not recorded in this workdir: {wanted}. Without them this section compares only "
-          f"the two test-time modes every run evaluates. Switch the test-time evaluation on "
-          f"with `--config.test_time_every=500` (a multiple of `scan_length`; the default "
-          f"study has it on) and rerun to record them.")
-
-
-def _q5_fallback(ds, question) -> Section:
+def _q5_fallback(ds, question, primary) -> Section:
   """Without test-time records: eval mode against train mode at the training batch size."""
   bn = [v for v in fx.variants(ds) if v in BATCH_NORM_KINDS]
   have, notes = _available([m.TEST_MODE_GAP], ds)
   effects, details, headline = [], [], []
   for v in bn if have else []:
-    es = fx.within(ds, m.TEST_MODE_GAP, v)
+    es = _use_primary(fx.with_resolution(ds, fx.within(ds, m.TEST_MODE_GAP, v)), primary)
     effects += es
-    details.append(f"For `{v}`, test accuracy with running (EMA) statistics minus that with "
-                   f"each test batch's own statistics {phrase(es, *RUNNING_STATS)}.")
-    headline.append(f"`{v}`: running vs per-batch statistics at test time: "
-                    f"{reading(es, 'worse', 'better')}.")
+    details.append(say("q5.fallback", es, variant=v))
+    headline.append(say("q5.fallback_head", es, variant=v))
   if not bn:
-    headline.append("No batch-norm variant is in this study: no test-time difference to "
-                    "explain.")
-  headline.append("Only partly answered; see below.")
-  details.append(_not_analysed(ds))
+    headline.append(say("q5.no_bn"))
+  headline.append(say("q5.partial"))
+  details.append(tt.not_analysed(ds))
   blocks = _body(ds, " ".join(headline), details, effects, have, notes, [])
-  return Section(5, question, " ".join(headline), tuple(blocks), tuple(effects))
+  text = " ".join(headline) if not bn else glance(primary, "glance_test_time",
+                                                   "running minus batch statistics")
+  return Section(5, question, " ".join(headline), tuple(blocks), tuple(effects), text)
 
 
-def q5(ds, figs, info) -> Section:
+def q5(ds, figs, info, primary=()) -> Section:
   """Why does a BN model behave differently at test time, and what helps?"""
   question = "Why does a batch-norm model behave differently at test time, and what helps?"
   if not tt.has_stats(ds):
-    return _q5_fallback(ds, question)
-  head, glance, details, effects, tables = tt.part_modes(ds, info.get("config", {}))
+    return _q5_fallback(ds, question, primary)
+  head, glance_parts, details, effects, tables = tt.part_modes(ds, info.get("config", {}))
+  effects = _use_primary(fx.with_resolution(ds, effects), primary)
   if not tt.bn_variants(ds):
-    glance = head = ["No batch-norm variant is in this study: no train/eval-mode gap to "
-                     "explain."]
+    glance_parts = head = [say("q5.no_bn")]
   figures = _figures(figs, "test_time_modes")
   if tt.has_shift(ds):
     for part in (tt.part_shift, tt.part_adapt):
       h, g, d, e, t = part(ds)
-      head, glance, details, effects, tables = (head + h, glance + g, details + d,
-                                                effects + e, tables + t)
+      head, glance_parts, details, effects, tables = (
+          head + h, glance_parts + g, details + d,
+          effects + fx.with_resolution(ds, e), tables + t)
     figures += _figures(figs, "shift_adaptation")
   else:
+    head.append(say("q5.not_shifted"))
     details.append(tt.no_shift())
-    glance.append("Shift and adaptation were not measured.")
   blocks = [r.Para(f"**Answer.** {' '.join(head)}"),
             *([r.Bullets(tuple(details))] if details else []), *tables,
             r.Para("Measures:"), definitions(tt.METRICS), *figures]
-  return Section(5, question, " ".join(glance), tuple(blocks), tuple(effects))
+  text = head[0]
+  if tt.bn_variants(ds):
+    size = smallest_defined_batch(ds)
+    text = glance(primary, "glance_test_time", "running minus batch statistics")
+    if size:
+      text = say("q5.glance_size", size=size) + text[0].lower() + text[1:]
+  return Section(5, question, " ".join(head), tuple(blocks), tuple(effects), text)
 
 
 ALL = (q1, q2, q3, q4, q5)

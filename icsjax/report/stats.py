@@ -15,6 +15,7 @@ import numpy as np
 from scipy import stats
 
 LEVEL = 0.95
+ALPHA = 1 - LEVEL  # the family-wise error rate of the primary effects
 # Below this many seeds a t interval rests on a spread estimated from almost
 # nothing; the report says so next to every such interval.
 MIN_SEEDS = 5
@@ -27,6 +28,7 @@ class Interval:
   low: float
   high: float
   n: int  # pairs with a finite difference
+  p: float = math.nan  # two-sided p-value of "mean difference = 0" (Student t)
 
   @property
   def sign(self) -> int:
@@ -52,8 +54,32 @@ def t_interval(differences, level: float = LEVEL) -> Interval:
   mean = float(d.mean())
   if n < 2:
     return Interval(mean, math.nan, math.nan, n)
-  half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
-  return Interval(mean, mean - half, mean + half, n)
+  se = float(d.std(ddof=1) / math.sqrt(n))
+  half = float(stats.t.ppf(0.5 + level / 2, n - 1) * se)
+  if se > 0:
+    p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+  else:  # every pair gives the same difference: certain, unless that difference is 0
+    p = 1.0 if mean == 0 else 0.0
+  return Interval(mean, mean - half, mean + half, n, p)
+
+
+def holm(p_values) -> np.ndarray:
+  """Holm's step-down adjustment of a family of p-values (Holm 1979): sorted
+  ascending, the k-th smallest (k = 0, 1, ...) is multiplied by (m - k), made
+  monotone by a running maximum and capped at 1. Rejecting where the adjusted
+  p < alpha keeps the chance of any false rejection in the family below alpha.
+  NaN p-values (effects that could not be estimated) are not members of the
+  family and stay NaN."""
+  p = np.asarray(p_values, dtype=float)
+  out = np.full(p.shape, np.nan)
+  members = np.flatnonzero(np.isfinite(p))
+  m = members.size
+  order = members[np.argsort(p[members], kind="stable")]
+  running = 0.0
+  for k, i in enumerate(order):
+    running = max(running, min(1.0, (m - k) * p[i]))
+    out[i] = running
+  return out
 
 
 def log_ratio(a, b):

@@ -133,6 +133,11 @@ METHOD = (
     "rate); nothing is pooled across them. A pair in which either model diverged or lacks "
     "the record is left out, and the table says how many remain. An effect is called a "
     "reduction or an increase only when its interval excludes no change (0 for "
-    "differences, 1 for ratios); otherwise it is inconclusive. Intervals are per effect, "
-    "not corrected for the many comparisons shown: about one in twenty effects that are "
-    "truly null will look real.")
+    "differences, 1 for ratios); otherwise it is inconclusive. Each question has one primary "
+    "effect, declared in the code before any record is read; the primary effects of all "
+    "questions, in every setting, form one family whose p-values are Holm-adjusted, and a "
+    "primary verdict needs an adjusted p below 0.05. Every other effect is exploratory: "
+    "its interval is not corrected for the many comparisons shown, so about one in twenty "
+    "truly null exploratory effects will look real. A difference in accuracy smaller than "
+    "one test example is below the test set's resolution and is called that, not a "
+    "finding.")

@@ -19,9 +19,9 @@ def effects_table(effects) -> r.Table:
       seeds += f"; {e.seeds - n} pair(s) dropped"
     kind = "ratio" if e.scale == "ratio" else "difference"
     rows.append((e.contrast, f"{e.metric.label} ({kind})", e.cell_text(), e.text(), seeds,
-                 e.verdict))
+                 e.verdict, e.role))
   return r.Table(("comparison", "measure", "where", "effect [95% CI]", "seeds paired",
-                  "reading"), tuple(rows))
+                  "reading", "role"), tuple(rows))
 
 
 def variant_table(ds: xr.Dataset, metrics) -> r.Table:

@@ -1,0 +1,148 @@
+"""Which models trained, and the signals that explain why some did not: variance
+collapse at initialisation, saturation, and the drift of pre-normalisation
+inputs. Plain per-variant summaries for the answers of questions 1, 3 and 4."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from icsjax.report import effects as fx
+from icsjax.report.wording import say
+
+INIT_STEP = 0
+
+
+def failed(ds: xr.Dataset) -> np.ndarray:
+  """Per model: it diverged or did not learn (the `failed` record; without it, only
+  divergence counts)."""
+  if "failed" in ds:
+    return ds["failed"].values.astype(bool)
+  return ds["diverged_step"].values > 0 if "diverged_step" in ds else np.zeros(
+      ds.sizes["model"], bool)
+
+
+def _reasons(ds: xr.Dataset, mask) -> str:
+  """'3 diverged, 2 at chance' for the failed models under mask."""
+  if "failure" not in ds:
+    return f"{int((failed(ds) & mask).sum())} diverged"
+  reasons = ds["failure"].values[mask & failed(ds)]
+  kinds = dict.fromkeys(str(x) for x in reasons)
+  return ", ".join(f"{int((reasons == k).sum())} {k}" for k in kinds)
+
+
+def counts(ds: xr.Dataset, variant: str, cell) -> tuple[int, int, str]:
+  """(trained, models, reasons of the failures) of one variant in one cell."""
+  sel = fx.select(ds, variant, cell)
+  mask = np.ones(sel.sizes["model"], bool)
+  bad = failed(sel)
+  return int((~bad).sum()), int(mask.sum()), _reasons(sel, mask)
+
+
+def _count_text(ds, v, cell) -> str:
+  ok, n, why = counts(ds, v, cell)
+  return f"`{v}` trained in {ok}/{n} seeds" + (f" ({why})" if ok < n else "")
+
+
+def by_depth(ds: xr.Dataset) -> dict:
+  """{(depth, lr): 'none trained in 0/5 seeds (5 at chance); batchnorm ...'}."""
+  out = {}
+  for cell in fx.cells(ds):
+    d = dict(cell)
+    key = (d.get("depth"), d.get("lr"))
+    out[key] = "; ".join(_count_text(ds, v, cell) for v in fx.variants(ds))
+  return out
+
+
+def failure_glance(ds: xr.Dataset, depth) -> str:
+  """At the deepest depth, which variants failed where the others trained."""
+  cells = [c for c in fx.cells(ds) if dict(c).get("depth") == depth]
+  parts = []
+  for v in fx.variants(ds):
+    trained = [counts(ds, v, c) for c in cells]
+    ok, n = sum(t[0] for t in trained), sum(t[1] for t in trained)
+    parts.append(f"`{v}` trained in {ok}/{n} models")
+  if not parts:
+    return ""
+  return say("q3.failed_glance", depth=depth, failures=", ".join(parts))
+
+
+def learning_rates(ds: xr.Dataset) -> list[str]:
+  """Per variant (and other cell), the learning rates at which every seed trained."""
+  if "lr" not in fx.label_levels(ds) or len(fx.level_values(ds, "lr")) < 2:
+    return [say("q4.lr_one")]
+  lrs = fx.level_values(ds, "lr")
+  listed = lambda xs: ", ".join(f"{lr:g}" for lr, _ in xs)
+  out = []
+  for v in fx.variants(ds):
+    for rest in fx.cells(ds, "lr"):
+      where = f" at {fx.cell_text(rest)}" if rest else ""
+      good, bad = [], []
+      for lr in lrs:
+        ok, n, why = counts(ds, v, rest + (("lr", lr),))
+        (good if ok == n else bad).append((lr, f"lr {lr:g}: {n - ok}/{n} failed, {why}"))
+      failures = "; ".join(t for _, t in bad)
+      if not bad:
+        out.append(say("q4.lr_every", variant=v, where=where, lrs=listed(good)))
+      elif not good:
+        out.append(say("q4.lr_none", variant=v, where=where, failures=failures))
+      else:
+        out.append(say("q4.lr_range", variant=v, where=where, good=listed(good),
+                       bad=listed(bad), failures=failures))
+  if not failed(ds).any():
+    out.append(say("q4.lr_no_limit", largest=f"{max(lrs):g}"))
+  return out
+
+
+# --- signal propagation and saturation (the batch-statistic records)
+
+def variance_collapse(ds: xr.Dataset):
+  """(first layer, last layer, layers): the mean over models of each layer's
+  pre-activation variance across monitor examples at initialisation; None when the
+  records lack it."""
+  if "monitor_preact_var" not in ds or INIT_STEP not in ds.record_step.values:
+    return None
+  per_layer = ds.monitor_preact_var.sel(record_step=INIT_STEP).mean("model").values
+  per_layer = per_layer[np.isfinite(per_layer)]
+  if per_layer.size < 2:
+    return None
+  return float(per_layer[0]), float(per_layer[-1]), int(per_layer.size)
+
+
+def propagation_factor(ds: xr.Dataset):
+  """The geometric mean change of that variance per layer, first to last layer."""
+  collapse = variance_collapse(ds)
+  if collapse is None or collapse[0] <= 0:
+    return None
+  first, last, layers = collapse
+  return (last / first) ** (1 / (layers - 1))
+
+
+# A per-layer factor within these bounds keeps the scale over a few layers (0.8^5 = 0.33).
+STEADY = (0.8, 1.25)
+
+
+def propagation_verdict(factor: float) -> str:
+  """'lower' (fades), 'higher' (grows) or 'inconclusive' (keeps its scale)."""
+  return "lower" if factor < STEADY[0] else "higher" if factor > STEADY[1] else "inconclusive"
+
+
+def saturation_by_variant(ds: xr.Dataset) -> dict:
+  """{variant: fraction of saturated units, over models, record steps and layers}."""
+  if "saturated_fraction" not in ds:
+    return {}
+  return {v: float(np.nanmean(fx.select(ds, v, ()).saturated_fraction.values))
+          for v in fx.variants(ds)}
+
+
+def preact_drift_by_variant(ds: xr.Dataset) -> dict:
+  """{variant: |batch mean of the pre-normalisation input, last record − first|, in
+  units of its first standard deviation, averaged over layers, units and models}."""
+  if not {"preact_mean", "preact_var"} <= set(ds.data_vars):
+    return {}
+  first, last = ds.record_step.values[0], ds.record_step.values[-1]
+  mean, var = ds.preact_mean, ds.preact_var
+  drift = abs(mean.sel(record_step=last) - mean.sel(record_step=first)) / np.sqrt(
+      var.sel(record_step=first))
+  return {v: float(np.nanmean(fx.select(drift.to_dataset(name="d"), v, ()).d.values))
+          for v in fx.variants(ds)}
