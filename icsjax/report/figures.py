@@ -18,9 +18,11 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D  # no pyplot: no global state, Agg by default
 
+from icsjax import records as records_lib
 from icsjax.report import effects as fx
 from icsjax.report import inference as tt
 from icsjax.report import metrics
+from icsjax.report import phases
 from icsjax.report import stats
 
 DPI = 110
@@ -468,5 +470,63 @@ def propagation(ds, folder):
   return _save(fig, folder, "propagation.png"), caption
 
 
-ALL = (curves, lr_sensitivity, percentiles, grad_ics, landscape, curvature, test_time_modes,
-       shift_adaptation, propagation)
+# The ratios whose sign the phases can flip, in the order of the figure's columns.
+KEY_RATIOS = (metrics.BETA_SMOOTHNESS, metrics.GRAD_PREDICTIVENESS, metrics.GRAD_ICS,
+              metrics.LOSS_VARIATION)
+
+
+def _phase_boundaries(ax, last: float):
+  """Dotted lines at T/4 (end of the early phase) and T/2 (start of the late one)."""
+  for frac, name in ((0.25, "T/4"), (0.5, "T/2")):
+    ax.axvline(last * frac, color="0.45", ls=":", lw=1)
+    ax.annotate(name, (last * frac, 1), xycoords=("data", "axes fraction"), xytext=(2, -2),
+                textcoords="offset points", ha="left", va="top", fontsize=8, color="0.35")
+
+
+def ratio_over_time(ds, folder):
+  """Each key ratio of every variant against `none` per probe step: geometric mean over
+  seeds of the per-seed ratio, min-max over seeds, phase boundaries marked."""
+  ms = [m for m in KEY_RATIOS if m.available(ds)]
+  contrasts = fx.baseline_contrasts(ds)
+  if not ms or not contrasts or records_lib.PER_STEP_AXIS not in ds.coords:
+    return None
+  cs, col = fx.cells(ds), colours(ds)
+  last = float(ds[records_lib.PER_STEP_AXIS].max())
+  fig, axes = _grid(len(cs), len(ms), sharex=True)
+  for i, cell in enumerate(cs):
+    for j, m in enumerate(ms):
+      ax = axes[i, j]
+      shown = []
+      for a, b in contrasts:
+        logs = phases.ratio_over_time(ds, m, a, b, cell)
+        ratios = np.exp(logs.values)
+        with warnings.catch_warnings():
+          warnings.simplefilter("ignore", RuntimeWarning)  # a step no seed has: left out
+          mean = np.exp(np.nanmean(logs.values, 0))
+          lo, hi = np.nanmin(ratios, 0), np.nanmax(ratios, 0)
+        ok = np.isfinite(mean)
+        x = logs[m.over_time.time].values[ok]
+        ax.plot(x, mean[ok], color=col[a], label=f"{a} / {b}", marker="o", ms=3, lw=1.6)
+        if logs.sizes[fx.SEED] > 1:
+          ax.fill_between(x, lo[ok], hi[ok], color=col[a], alpha=0.2, lw=0)
+        shown += [lo[ok], hi[ok], mean[ok]]
+      ax.axhline(1, color="k", lw=0.8)
+      _phase_boundaries(ax, last)
+      finite = np.concatenate(shown + [[1.0]])
+      finite = finite[np.isfinite(finite) & (finite > 0)]
+      ax.set_yscale("log")
+      ax.set_ylim(finite.min() / 1.3, finite.max() * 1.3)
+      _plain_log_ticks(ax.yaxis, math.log10(finite.max() / finite.min()))
+      ax.set_title(_title(cell, m.quantity or m.label), fontsize=10)
+  _label_outer(axes, "training step", "ratio to none (log scale)")
+  _legend(fig, axes)
+  caption = ("Key landscape and gradient-ICS ratios of each variant against `none` per probe "
+             "step: line, geometric mean over seed indices of the paired ratio; band, min-max "
+             "over seeds; solid line: no change (1). Dotted: the phase boundaries T/4 (the "
+             "early phase ends) and T/2 (the late phase starts), T the last training step. "
+             "A single average over all steps hides a ratio that crosses 1.")
+  return _save(fig, folder, "ratio_over_time.png"), caption
+
+
+ALL = (curves, lr_sensitivity, percentiles, grad_ics, landscape, curvature, ratio_over_time,
+       test_time_modes, shift_adaptation, propagation)

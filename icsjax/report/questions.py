@@ -21,9 +21,11 @@ import xarray as xr
 from icsjax.norms import BATCH_NORM_KINDS
 from icsjax.report import effects as fx
 from icsjax.report import inference as tt
+from icsjax.report import phases
 from icsjax.report import metrics as m
 from icsjax.report import render as r
 from icsjax.report import trainability
+from icsjax.report import primary as primary_lib
 from icsjax.report.primary import smallest_defined_batch
 from icsjax.report.tables import definitions, effects_table, variant_table
 from icsjax.report.wording import BRANCHES, numbers, overall, say, words
@@ -100,9 +102,57 @@ def _use_primary(es, primary):
   return [adjusted.get((e.metric.key, e.contrast, e.cell), e) for e in es]
 
 
-def _phase_sentence(ds, metric, a, b) -> str:
-  """Whether the effect reads the same early and late in training, or at matched loss."""
-  return ""  # TODO(lead): phases.py from the phases branch
+def phase_views(ds, metric, a, b, matched_loss: bool = True) -> tuple[list[str], list, dict]:
+  """Does the a-vs-b effect read the same early, late and at matched training loss?
+  (sentences per cell, the effects behind them, {cell: phases.Agreement}). A loss
+  measure is not read at matched loss: there it would equal by construction."""
+  if not metric.available(ds) or metric.over_time is None:
+    return [], [], {}
+  by_cell = phases.views(ds, metric, a, b)
+  matched = {ml.cell: ml for ml in phases.at_matched_loss(ds, metric, a, b)} \
+      if "train_loss" in ds and matched_loss else {}
+  sentences, effects, agreements = [], [], {}
+  for cell, views in by_cell.items():
+    if not matched_loss:
+      views = {k: e for k, e in views.items() if k in phases.PHASES}
+    if not views:
+      continue
+    effects += views.values()
+    agreement = phases.agreement(views)
+    agreements[cell] = agreement
+    shown = [f"{e.verdict} {view} ({e.text()})" for view, e in views.items()
+             if view in phases.PHASES]
+    ml = matched.get(cell)
+    if ml is not None and ml.effects:
+      counts = ", ".join(f"{e_verdict} at {n}" for e_verdict, n in _tally(ml.effects))
+      shown.append(say("phases.matched", counts=counts, levels=len(ml.levels)))
+    where = f" at {fx.cell_text(cell)}" if cell else ""
+    sentences.append(say(f"phases.{_KIND[agreement.kind]}", label=metric.label, a=a, b=b,
+                         where=where, views="; ".join(shown)))
+    if ml is not None and ml.dropped:
+      sentences.append(say("phases.dropped", count=len(ml.dropped),
+                           why="; ".join(why for _, why in ml.dropped[:2])))
+  return sentences, effects, agreements
+
+
+_KIND = {phases.AGREE: "agree", phases.OPPOSITE: "opposite", phases.PARTLY: "partly",
+         phases.UNCLEAR: "unclear"}
+
+
+def _tally(effects) -> list[tuple[str, int]]:
+  verdicts = [e.verdict for e in effects]
+  return [(v, verdicts.count(v)) for v in dict.fromkeys(verdicts)]
+
+
+def _glance_phases(agreements: dict) -> str:
+  """A warning for the plain answer when the primary effect changes sign over training."""
+  opposite = [(cell, a) for cell, a in agreements.items() if a.kind == phases.OPPOSITE]
+  if not opposite:
+    return ""
+  views = "; ".join((f"{fx.cell_text(cell)}: " if cell else "")
+                    + ", ".join(f"{v} {view}" for view, v in a.verdicts
+                                if view in phases.PHASES) for cell, a in opposite)
+  return " " + say("phases.glance_opposite", views=views)
 
 
 # --- the questions
@@ -114,7 +164,7 @@ def q1(ds, figs, info, primary=()) -> Section:
           (m.GRAD_ICS, "gradient definition (Santurkar et al.)"))
   have, notes = _available([d for d, _ in defs], ds)
   contrasts = fx.baseline_contrasts(ds)
-  effects, details, headline = [], [], []
+  effects, details, headline, over_time = [], [], [], ""
   why = mechanism(ds)
   lead = [r.Para("**Why shift would matter.** " + " ".join(why))] if why else []
   for v, b in contrasts:
@@ -127,7 +177,11 @@ def q1(ds, figs, info, primary=()) -> Section:
       details.append(say("q1.detail", es, baseline=b, definition=name, variant=v))
       readings.append(say("q1.reading", es, definition=name.split(" (")[0]))
       if metric is m.GRAD_ICS:
-        details.append(_phase_sentence(ds, metric, v, b))
+        sentences, extra, agreements = phase_views(ds, metric, v, b)
+        details += sentences
+        effects += extra
+        if v == primary_lib.BATCHNORM:
+          over_time = _glance_phases(agreements)
     headline.append(say("q1.head", variant=v, baseline=b,
                         readings=", ".join(readings) or "not measured"))
     if m.EARLY_LOSS.available(ds):
@@ -141,7 +195,8 @@ def q1(ds, figs, info, primary=()) -> Section:
                           *(() if _has_depth(ds) else ("propagation",))), lead)
   return Section(1, "Does batch norm reduce internal covariate shift, by either definition?",
                  " ".join(headline), tuple(blocks), tuple(effects),
-                 glance(primary, "glance_ics", "gradient-ICS of `batchnorm` over `none`"))
+                 glance(primary, "glance_ics", "gradient-ICS of `batchnorm` over `none`")
+                 + over_time)
 
 
 def _has_depth(ds) -> bool:
@@ -210,7 +265,9 @@ def q2(ds, figs, info, primary=()) -> Section:
       details.append(say("q2.detail", es, clean=clean, label=es[0].metric.label,
                          noisy=noisy))
     details.append(say("q2.speed", speed, label=m.EARLY_LOSS.label))
-    details.append(_phase_sentence(ds, m.EARLY_LOSS, noisy, clean))
+    sentences, extra, _ = phase_views(ds, m.EARLY_LOSS, noisy, clean, matched_loss=False)
+    details += sentences
+    effects += extra
     if m.FINAL_ACCURACY in have:
       final = _compare(ds, m.FINAL_ACCURACY, noisy, clean)
       effects += final
@@ -317,7 +374,7 @@ def q4(ds, figs, info, primary=()) -> Section:
   del info
   have, notes = _available(list(LANDSCAPE) + [m.EARLY_LOSS, m.FINAL_ACCURACY], ds)
   contrasts = fx.baseline_contrasts(ds)
-  effects, details, headline = [], [], []
+  effects, details, headline, over_time = [], [], [], ""
   for v, b in contrasts:
     readings = []
     for metric in [x for x in LANDSCAPE if x in have]:
@@ -326,7 +383,11 @@ def q4(ds, figs, info, primary=()) -> Section:
       details.append(say("q4.detail", es, baseline=b, variant=v, label=metric.label))
       readings.append(say("q4.reading", es, label=metric.label))
       if metric in (m.SCALED_SHARPNESS, m.BETA_SMOOTHNESS, m.GRAD_PREDICTIVENESS_RELATIVE):
-        details.append(_phase_sentence(ds, metric, v, b))
+        sentences, extra, agreements = phase_views(ds, metric, v, b)
+        details += sentences
+        effects += extra
+        if metric is m.SCALED_SHARPNESS and v == primary_lib.BATCHNORM:
+          over_time = _glance_phases(agreements)
     for metric in (x for x in (m.EARLY_LOSS, m.FINAL_ACCURACY) if x in have):
       es = _compare(ds, metric, v, b)
       effects += es
@@ -343,7 +404,8 @@ def q4(ds, figs, info, primary=()) -> Section:
   details += trainability.learning_rates(ds)
   blocks = _body(ds, " ".join(headline), [d for d in details if d], effects, have, notes,
                  _figures(figs, "lr_sensitivity", "ratio_over_time", "landscape", "curvature"))
-  text = glance(primary, "glance_sharpness", "scale-aware sharpness of `batchnorm` over `none`")
+  text = glance(primary, "glance_sharpness",
+                "scale-aware sharpness of `batchnorm` over `none`") + over_time
   lr_text = trainability.learning_rates(ds)
   if lr_text:
     text += " " + lr_text[0]

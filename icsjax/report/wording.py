@@ -126,15 +126,18 @@ TEMPLATES = {
     "primary_missing": T("Its primary effect ({claim}) could not be estimated in this study."),
     "glance": T("{answer} ({numbers})."),
     "glance_mixed": T("It depends on the setting: {cells}."),
-    "phases_agree": T("Early (steps ≤ {early_end}) and late (steps > {late_start}) in training "
-                      "it reads the same way: {early}; {late}."),
-    "phases_differ": T("It changes during training, so no single number answers it: "
-                       "{early} early (steps ≤ {early_end}), {late} late (steps > "
-                       "{late_start})."),
-    "matched": T("At matched training loss ({levels} levels, paired by seed) it is "
-                 "{reading}.", "short"),
-    "matched_dropped": T("{count} loss level(s) were dropped: not every seed of both "
-                         "variants reached them."),
+    "phases.agree": T("Over training, {label} of `{a}` vs `{b}`{where} reads the same in every "
+                      "view: {views}."),
+    "phases.opposite": T("Over training, {label} of `{a}` vs `{b}`{where} changes sign "
+                         "({views}), so no single number answers it."),
+    "phases.partly": T("Over training, {label} of `{a}` vs `{b}`{where} shows in some views "
+                       "only ({views})."),
+    "phases.unclear": T("Over training, {label} of `{a}` vs `{b}`{where} is inconclusive in "
+                        "every view ({views})."),
+    "phases.matched": T("at matched training loss {counts} of {levels} levels"),
+    "phases.dropped": T("{count} matched-loss level(s) were left out: {why}."),
+    "phases.glance_opposite": T("But the sign changes during training ({views}): the "
+                                "average hides it."),
     # --- Q1
     "q1.detail": T("Relative to `{baseline}`, by the {definition}, `{variant}` {phrase}.",
                    "ics"),
