@@ -265,21 +265,45 @@ LANDSCAPE = (  # metric, what a lower and a higher value mean (variant vs none)
 )
 
 
+def _rate_range(usable: list, lrs: list) -> str:
+  """'0.05 to 2' when the usable rates are consecutive in the sorted sweep, else a list."""
+  at = [lrs.index(x) for x in usable]
+  if len(usable) > 2 and at == list(range(at[0], at[-1] + 1)):
+    return f"{usable[0]:g} to {usable[-1]:g}"
+  return ", ".join(f"{x:g}" for x in usable)
+
+
 def _learning_rates(ds) -> str:
-  """Which learning rates each variant survived; whether the sweep found a limit."""
+  """Per variant (and cell of the other labels), the learning rates at which every seed
+  trained, and how many failed at the others; whether the sweep found a limit."""
   if "lr" not in fx.label_levels(ds) or len(fx.level_values(ds, "lr")) < 2:
     return ("Only one learning rate was run, so usable learning rates cannot be compared; "
             "sweep it, e.g. `--config.sweep.lr=\"(0.05,0.1,0.5,2)\"`.")
-  lrs = fx.level_values(ds, "lr")
-  parts = []
+  reasons = fx.failure_reasons(ds)
+  sentences = []
   for v in fx.variants(ds):
-    bad = [lr for lr in lrs if fx.diverged(fx.select(ds, v, (("lr", lr),))) > 0]
-    parts.append(f"`{v}` diverged at lr = {', '.join(f'{x:g}' for x in bad)}" if bad
-                 else f"`{v}` never diverged")
-  text = "Learning rates: " + "; ".join(parts) + "."
-  if fx.diverged(ds) == 0:
-    text += (f" No model diverged up to lr = {max(lrs):g}, so this sweep does not reach the "
-             f"largest usable rate; add larger ones to `sweep.lr` to find it.")
+    for cell in fx.cells(ds, "lr"):
+      part = fx.select(ds, v, cell)
+      if not part.sizes["model"]:
+        continue
+      lrs = sorted(fx.level_values(part, "lr"))
+      at = {lr: fx.select(part, None, (("lr", lr),)) for lr in lrs}
+      usable = [lr for lr in lrs if fx.failed(at[lr]) == 0]
+      name = f"`{v}`" + (f" ({fx.cell_text(cell)})" if cell else "")
+      trained = (f"every seed trained at every lr ({_rate_range(lrs, lrs)})"
+                 if len(usable) == len(lrs) else
+                 f"every seed trained at lr = {_rate_range(usable, lrs)}" if usable else
+                 "no lr at which every seed trained")
+      failures = "; ".join(f"at lr = {lr:g}: {fx.failures_text(at[lr], reasons)}"
+                           for lr in lrs if lr not in usable)
+      sentences.append(f"{name}: {trained}" + (f"; {failures}." if failures else "."))
+  text = ("Learning rates (a model trained unless it diverged or failed to beat chance or "
+          "the mean predictor, docs/measurements.md, \"Failure to train\"): "
+          + " ".join(sentences))
+  if fx.failed(ds) == 0:
+    text += (f" No model failed to train up to lr = {max(fx.level_values(ds, 'lr')):g}, so "
+             f"this sweep does not reach the largest usable rate; add larger ones to "
+             f"`sweep.lr` to find it.")
   return text
 
 
