@@ -14,7 +14,8 @@ is not compared.
 Bitwise (same dtype, shape and bytes; NaN equals NaN whatever its payload):
 the training records train_*, preact_*, running_*, monitor_*, nonlin_input_*,
 diverged_step, the evaluation records test_* (bitwise in practice: two runs
-of one revision write the same bytes), the time coordinates (step,
+of one revision write the same bytes) and the failure verdict made from them
+(failed, failure, chance_p_value, mse_ratio), the time coordinates (step,
 record_step, ...), and the checkpoints.
 
 Within --rtol (every other array: the probes ics_*, landscape_*, hessian_*,
@@ -45,7 +46,8 @@ import sys
 import numpy as np
 
 BITWISE_PREFIXES = ("train_", "preact_", "running_", "monitor_", "nonlin_input_",
-                    "diverged_step", "test_")
+                    "diverged_step", "test_", "failed", "failure", "chance_p_value",
+                    "mse_ratio")
 # Time axis (dims[1] of a variable) -> the record kind that icsjax.store names it by.
 KINDS = {"step": "per_step", "record_step": "record", "eval_step": "eval", "ics_step": "ics",
          "landscape_step": "landscape", "curvature_step": "curvature",

@@ -12,6 +12,7 @@ import numpy as np
 
 from icsjax import checkpoint as checkpoint_lib
 from icsjax import data as data_lib
+from icsjax import failure
 from icsjax import faults
 from icsjax import placement
 from icsjax import records as records_lib
@@ -34,6 +35,7 @@ class GroupRun:
   hparams: dict
   model_seeds: jax.Array
   state: ModelState
+  baseline: failure.Baseline  # what its models' final evaluations are judged against
 
 
 def grid_json(study: study_lib.Study) -> dict:
@@ -45,7 +47,7 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
   """Loads each distinct dataset once and initialises every group's models."""
   run = study_lib.run_spec(study.config)
   backend = jax.default_backend()
-  loaded, placed, runs = {}, {}, []
+  loaded, placed, baselines, runs = {}, {}, {}, []
   for g in study.groups:
     key = data_lib.data_key(g.static)
     if key not in loaded:
@@ -62,6 +64,9 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
     spec = dataclasses.replace(spec, model_chunk=placement.group_model_chunk(
         g.size, devices, records_lib.memory_per_model(spec),
         placement.probe_memory_bytes(run.probe_memory_mb), backend))
+    examples = spec.num_test_batches * spec.batch_size
+    if (key, examples) not in baselines:
+      baselines[key, examples] = failure.baseline(loaded[key], ds.task, ds.num_outputs, examples)
     loop = train.make_loop(spec)
     hparams = {k: jnp.asarray(placement.pad_models(np.asarray(v, np.float32), devices))
                for k, v in g.hparams.items()}
@@ -69,7 +74,7 @@ def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
     state = loop.init(seeds, hparams)
     if sharding is not None:
       hparams, seeds, state = jax.device_put((hparams, seeds, state), sharding)
-    runs.append(GroupRun(g, spec, loop, ds, hparams, seeds, state))
+    runs.append(GroupRun(g, spec, loop, ds, hparams, seeds, state, baselines[key, examples]))
   return runs
 
 
@@ -80,14 +85,19 @@ def host_state(gr: GroupRun) -> ModelState:
 
 
 def run_segment(gr: GroupRun, start: int) -> dict:
-  """Trains one group for one segment; returns its records on the host."""
+  """Trains one group for one segment; returns its records on the host, with each
+  model's failure verdict at the segment's end."""
   gr.state, records = gr.loop.segment(gr.state, gr.hparams, gr.model_seeds, gr.data,
                                       jnp.int32(start))
   records[records_lib.MODEL] = {"diverged_step": gr.state.diverged_step,
                                 **records_lib.model_records(gr.spec, gr.hparams)}
   k = gr.group.size  # drop the padding models
   records = jax.tree_util.tree_map(lambda a: np.asarray(a)[:k], jax.device_get(records))
-  return records_lib.finish(records)
+  records = records_lib.finish(records)
+  records[records_lib.MODEL].update(failure.verdict(
+      records[records_lib.MODEL]["diverged_step"], failure.last_evaluation(records),
+      gr.baseline))
+  return records
 
 
 def schema(gr: GroupRun, records: dict) -> dict:
@@ -95,7 +105,7 @@ def schema(gr: GroupRun, records: dict) -> dict:
   variables = {name: records_lib.variable_dims(kind, name)
                for kind, tree in records.items() for name in tree}
   return store.make_schema(variables, records_lib.fixed_coords(gr.spec),
-                           records_lib.attrs(gr.spec))
+                           {**records_lib.attrs(gr.spec), **gr.baseline.attrs()})
 
 
 def resume(runs: list[GroupRun], checkpoints, config, workdir, fingerprint: str, log) -> int:

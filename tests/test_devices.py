@@ -57,6 +57,9 @@ def test_four_virtual_devices_match_one(tmp_path):
     assert four[group].sizes["model"] == 5  # the padding model dropped
     np.testing.assert_array_equal(four[group].model, one[group].model)
     for name in one[group].data_vars:
+      if one[group][name].dtype.kind == "U":  # the failure reasons
+        np.testing.assert_array_equal(four[group][name].values, one[group][name].values)
+        continue
       np.testing.assert_allclose(four[group][name].values, one[group][name].values,
                                  rtol=1e-5, atol=1e-6, err_msg=f"{group}/{name}")
 

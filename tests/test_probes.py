@@ -262,6 +262,9 @@ def assert_same_curvature(got, whole):
   # Lanczos's coefficients themselves drift with rounding over a full-dimension run;
   # the quadrature they define (above) and the Ritz values (below) do not.
   for name in set(whole.data_vars) - {"slq_weights", "lanczos_alpha", "lanczos_beta"}:
+    if whole[name].dtype.kind == "U":  # the failure reasons
+      np.testing.assert_array_equal(got[name].values, whole[name].values, err_msg=name)
+      continue
     spectral = name.startswith(("slq_", "hessian_"))
     np.testing.assert_allclose(got[name].values, whole[name].values, rtol=1e-5,
                                atol=1e-5 * extent if spectral else 1e-6, err_msg=name)

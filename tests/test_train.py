@@ -8,6 +8,7 @@ import pytest
 
 from conftest import tiny_config
 from icsjax import data as data_lib
+from icsjax import failure
 from icsjax import losses as losses_lib
 from icsjax import models
 from icsjax import placement
@@ -185,7 +186,9 @@ def test_vmapped_group_equals_unvmapped_loop(tmp_path, case):
   assert float(group.lr[j]) == c.sweep.lr[2] and int(group.seed[j]) == 1
   ref = reference_run(c, static, j, hp, seed=1)
   got = group.isel(model=j)
-  assert set(ref) == {k for k in got.data_vars if k != "diverged_step"}
+  # Not loop records: divergence, and the host's verdict on the records (test_failure).
+  assert set(ref) == {k for k in got.data_vars
+                      if k not in ("diverged_step",) + failure.VARIABLES}
   for name, want in ref.items():
     np.testing.assert_allclose(got[name].values, want, rtol=1e-5, atol=atol, err_msg=name)
   assert int(got.diverged_step) == 0
@@ -260,8 +263,12 @@ def test_diverging_model_is_flagged_and_isolated(tmp_path):
     assert np.isnan(loss[at - 1:]).all() and np.isfinite(loss[:at - 1]).all()
     assert np.isnan(ds.test_loss_eval_mode.isel(model=m).values[-1])
   for name in calm.data_vars:
+    if calm[name].dtype.kind == "U":  # the failure reasons
+      np.testing.assert_array_equal(ds[name].values[~wild], calm[name].values, err_msg=name)
+      continue
     np.testing.assert_allclose(ds[name].values[~wild], calm[name].values, rtol=1e-5,
                                atol=1e-7, err_msg=name)
+  assert ds.failure.values[wild].tolist() == ["diverged"] * 2
 
 
 def test_models_are_trained_in_per_device_chunks():

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from icsjax import failure
 from icsjax.report import stats
 from icsjax.report.metrics import Metric
 
@@ -257,3 +258,34 @@ def per_variant_summary(ds: xr.Dataset, metric: Metric) -> pd.DataFrame:
 def diverged(ds: xr.Dataset) -> int:
   """How many of the models diverged."""
   return int((ds.diverged_step.values > 0).sum()) if "diverged_step" in ds else 0
+
+
+def failed(ds: xr.Dataset) -> int:
+  """How many of the models failed to train (icsjax.failure), the diverged included."""
+  return int(failure.failed_models(ds).sum())
+
+
+def failed_for(ds: xr.Dataset, reason: str) -> int:
+  """How many of the models failed for `reason` (icsjax.failure.REASONS)."""
+  if reason == failure.DIVERGED:
+    return diverged(ds)
+  return int((ds.failure.values == reason).sum()) if "failure" in ds else 0
+
+
+REASON_WORDS = {failure.DIVERGED: "diverged", failure.CHANCE: "at chance",
+                failure.MEAN: "no better than the mean"}
+
+
+def failure_reasons(ds: xr.Dataset) -> list[str]:
+  """The reasons a model of this study can fail for: divergence, and chance for a
+  classification task or the mean predictor for a regression task."""
+  classification = "test_accuracy_eval_mode" in ds
+  return [failure.DIVERGED] + [r for r, possible in (
+      (failure.CHANCE, classification),
+      (failure.MEAN, not classification or failed_for(ds, failure.MEAN) > 0)) if possible]
+
+
+def failures_text(ds: xr.Dataset, reasons) -> str:
+  """'2/2 failed (diverged: 1, at chance: 1)'."""
+  detail = ", ".join(f"{REASON_WORDS[r]}: {failed_for(ds, r)}" for r in reasons)
+  return f"{failed(ds)}/{ds.sizes['model']} failed ({detail})"

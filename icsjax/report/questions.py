@@ -127,7 +127,7 @@ def phase_views(ds, metric, a, b, matched_loss: bool = True) -> tuple[list[str],
       counts = ", ".join(f"{e_verdict} at {n}" for e_verdict, n in _tally(ml.effects))
       shown.append(say("phases.matched", counts=counts, levels=len(ml.levels)))
     where = f" at {fx.cell_text(cell)}" if cell else ""
-    sentences.append(say(f"phases.{_KIND[agreement.kind]}", label=metric.label, a=a, b=b,
+    sentences.append(say(_KIND[agreement.kind], label=metric.label, a=a, b=b,
                          where=where, views="; ".join(shown)))
     if ml is not None and ml.dropped:
       sentences.append(say("phases.dropped", count=len(ml.dropped),
@@ -135,8 +135,8 @@ def phase_views(ds, metric, a, b, matched_loss: bool = True) -> tuple[list[str],
   return sentences, effects, agreements
 
 
-_KIND = {phases.AGREE: "agree", phases.OPPOSITE: "opposite", phases.PARTLY: "partly",
-         phases.UNCLEAR: "unclear"}
+_KIND = {phases.AGREE: "phases.agree", phases.OPPOSITE: "phases.opposite",
+         phases.PARTLY: "phases.partly", phases.UNCLEAR: "phases.unclear"}
 
 
 def _tally(effects) -> list[tuple[str, int]]:
@@ -401,14 +401,12 @@ def q4(ds, figs, info, primary=()) -> Section:
   sentences, extra = beyond_init(ds)
   details += sentences
   effects += extra
-  details += trainability.learning_rates(ds)
+  details.append(trainability.learning_rates_text(ds))
   blocks = _body(ds, " ".join(headline), [d for d in details if d], effects, have, notes,
                  _figures(figs, "lr_sensitivity", "ratio_over_time", "landscape", "curvature"))
   text = glance(primary, "glance_sharpness",
                 "scale-aware sharpness of `batchnorm` over `none`") + over_time
-  lr_text = trainability.learning_rates(ds)
-  if lr_text:
-    text += " " + lr_text[0]
+  text += " " + " ".join(trainability.learning_rates(ds))
   return Section(4, "What does batch norm do to the loss landscape and to usable learning "
                  "rates?", " ".join(headline), tuple(blocks), tuple(effects), text)
 

@@ -89,7 +89,8 @@ def blocks(ds: xr.Dataset, info: dict) -> list:
       f"**Models:** {ds.sizes['model']} ({seeds} seed indices x "
       f"{ds.sizes['model'] // max(seeds, 1)} labelled settings) in "
       f"{len(info['grid'].get('groups', []))} compiled group(s); "
-      f"{fx.diverged(ds)} diverged.",
+      f"{fx.diverged(ds)} diverged, {fx.failed(ds)} failed to train (the diverged "
+      f"included; docs/measurements.md, \"Failure to train\").",
       f"**Records:** batch statistics every {cfg.get('record_every', '?')} steps (monitor "
       f"mode `{ds.attrs.get('monitor_mode', '?')}`), test evaluation every "
       f"{cfg.get('eval_every', '?')} steps; probes and evaluations: {probes}.",

@@ -13,35 +13,17 @@ from icsjax.report.wording import say
 INIT_STEP = 0
 
 
-def failed(ds: xr.Dataset) -> np.ndarray:
-  """Per model: it diverged or did not learn (the `failed` record; without it, only
-  divergence counts)."""
-  if "failed" in ds:
-    return ds["failed"].values.astype(bool)
-  return ds["diverged_step"].values > 0 if "diverged_step" in ds else np.zeros(
-      ds.sizes["model"], bool)
-
-
-def _reasons(ds: xr.Dataset, mask) -> str:
-  """'3 diverged, 2 at chance' for the failed models under mask."""
-  if "failure" not in ds:
-    return f"{int((failed(ds) & mask).sum())} diverged"
-  reasons = ds["failure"].values[mask & failed(ds)]
-  kinds = dict.fromkeys(str(x) for x in reasons)
-  return ", ".join(f"{int((reasons == k).sum())} {k}" for k in kinds)
-
-
-def counts(ds: xr.Dataset, variant: str, cell) -> tuple[int, int, str]:
-  """(trained, models, reasons of the failures) of one variant in one cell."""
+def counts(ds: xr.Dataset, variant: str, cell) -> tuple[int, int]:
+  """(trained, models) of one variant in one cell."""
   sel = fx.select(ds, variant, cell)
-  mask = np.ones(sel.sizes["model"], bool)
-  bad = failed(sel)
-  return int((~bad).sum()), int(mask.sum()), _reasons(sel, mask)
+  return sel.sizes["model"] - fx.failed(sel), sel.sizes["model"]
 
 
 def _count_text(ds, v, cell) -> str:
-  ok, n, why = counts(ds, v, cell)
-  return f"`{v}` trained in {ok}/{n} seeds" + (f" ({why})" if ok < n else "")
+  ok, n = counts(ds, v, cell)
+  sel = fx.select(ds, v, cell)
+  why = f" ({fx.failures_text(sel, fx.failure_reasons(ds))})" if ok < n else ""
+  return f"`{v}` trained in {ok}/{n} seeds{why}"
 
 
 def by_depth(ds: xr.Dataset) -> dict:
@@ -67,31 +49,48 @@ def failure_glance(ds: xr.Dataset, depth) -> str:
   return say("q3.failed_glance", depth=depth, failures=", ".join(parts))
 
 
+def _rate_range(usable: list, lrs: list) -> str:
+  """'0.05 to 2' when the usable rates are consecutive in the sorted sweep, else a list."""
+  at = [lrs.index(x) for x in usable]
+  if len(usable) > 2 and at == list(range(at[0], at[-1] + 1)):
+    return f"{usable[0]:g} to {usable[-1]:g}"
+  return ", ".join(f"{x:g}" for x in usable)
+
+
 def learning_rates(ds: xr.Dataset) -> list[str]:
-  """Per variant (and other cell), the learning rates at which every seed trained."""
+  """Per variant (and cell of the other labels), the learning rates at which every seed
+  trained, and how many failed at the others; whether the sweep found a limit."""
   if "lr" not in fx.label_levels(ds) or len(fx.level_values(ds, "lr")) < 2:
     return [say("q4.lr_one")]
-  lrs = fx.level_values(ds, "lr")
-  listed = lambda xs: ", ".join(f"{lr:g}" for lr, _ in xs)
-  out = []
+  reasons = fx.failure_reasons(ds)
+  sentences = []
   for v in fx.variants(ds):
-    for rest in fx.cells(ds, "lr"):
-      where = f" at {fx.cell_text(rest)}" if rest else ""
-      good, bad = [], []
-      for lr in lrs:
-        ok, n, why = counts(ds, v, rest + (("lr", lr),))
-        (good if ok == n else bad).append((lr, f"lr {lr:g}: {n - ok}/{n} failed, {why}"))
-      failures = "; ".join(t for _, t in bad)
-      if not bad:
-        out.append(say("q4.lr_every", variant=v, where=where, lrs=listed(good)))
-      elif not good:
-        out.append(say("q4.lr_none", variant=v, where=where, failures=failures))
+    for cell in fx.cells(ds, "lr"):
+      part = fx.select(ds, v, cell)
+      if not part.sizes["model"]:
+        continue
+      lrs = sorted(fx.level_values(part, "lr"))
+      at = {lr: fx.select(part, None, (("lr", lr),)) for lr in lrs}
+      usable = [lr for lr in lrs if fx.failed(at[lr]) == 0]
+      where = f" ({fx.cell_text(cell)})" if cell else ""
+      failures = "; ".join(f"at lr = {lr:g}: {fx.failures_text(at[lr], reasons)}"
+                           for lr in lrs if lr not in usable)
+      if len(usable) == len(lrs):
+        sentences.append(say("q4.lr_every", variant=v, where=where,
+                             lrs=_rate_range(lrs, lrs)))
+      elif usable:
+        sentences.append(say("q4.lr_range", variant=v, where=where,
+                             good=_rate_range(usable, lrs), failures=failures))
       else:
-        out.append(say("q4.lr_range", variant=v, where=where, good=listed(good),
-                       bad=listed(bad), failures=failures))
-  if not failed(ds).any():
-    out.append(say("q4.lr_no_limit", largest=f"{max(lrs):g}"))
-  return out
+        sentences.append(say("q4.lr_none", variant=v, where=where, failures=failures))
+  if fx.failed(ds) == 0:
+    sentences.append(say("q4.lr_no_limit", largest=f"{max(fx.level_values(ds, 'lr')):g}"))
+  return sentences
+
+
+def learning_rates_text(ds: xr.Dataset) -> str:
+  """The learning-rate answer as one paragraph, with what "trained" means."""
+  return say("q4.lr_intro", sentences=" ".join(learning_rates(ds)))
 
 
 # --- signal propagation and saturation (the batch-statistic records)

@@ -209,14 +209,15 @@ TEMPLATES = {
                         "default initialisation {phrase}.", "change"),
     "q4.lr_one": T("Only one learning rate was run, so usable learning rates cannot be "
                    "compared; sweep it, e.g. `--config.sweep.lr=\"(0.05,0.1,0.5,2)\"`."),
-    "q4.lr_every": T("`{variant}`{where} trained in every seed at every learning rate swept "
-                     "({lrs})."),
-    "q4.lr_range": T("`{variant}`{where} trained in every seed at lr {good}; at lr {bad} some "
-                     "seeds failed ({failures})."),
-    "q4.lr_none": T("`{variant}`{where} failed in some seed at every learning rate swept "
-                    "({failures})."),
-    "q4.lr_no_limit": T("No model failed up to lr = {largest}, so this sweep does not reach "
-                        "the largest usable rate; add larger ones to `sweep.lr` to find it."),
+    "q4.lr_intro": T("Learning rates (a model trained unless it diverged or failed to beat "
+                     "chance or the mean predictor, docs/measurements.md, \"Failure to "
+                     "train\"): {sentences}"),
+    "q4.lr_every": T("`{variant}`{where}: every seed trained at every lr ({lrs})."),
+    "q4.lr_range": T("`{variant}`{where}: every seed trained at lr = {good}; {failures}."),
+    "q4.lr_none": T("`{variant}`{where}: no lr at which every seed trained; {failures}."),
+    "q4.lr_no_limit": T("No model failed to train up to lr = {largest}, so this sweep does "
+                        "not reach the largest usable rate; add larger ones to `sweep.lr` to "
+                        "find it."),
     # --- Q5
     "q5.fallback": T("For `{variant}`, test accuracy with running (EMA) statistics minus that "
                      "with each test batch's own statistics {phrase}.", "running_stats"),
