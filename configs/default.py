@@ -37,6 +37,9 @@ def get_config():
   c.channels = (16, 32)  # arch="vgg" only
   c.convs_per_stage = 1  # arch="vgg" only
   c.activation = "sigmoid"
+  # kernel initialiser of every dense/conv layer: lecun_normal (Flax's default), glorot_uniform,
+  # he_normal or orthogonal (docs/measurements.md, "Initialisation")
+  c.init = "lecun_normal"
   c.norm = "batchnorm"
   c.norm_eps = 1e-5
   c.lp_center = True
@@ -44,6 +47,7 @@ def get_config():
   # optimizer and per-model hyperparameters
   c.optimizer = "sgd"
   c.lr = 0.1
+  c.init_gain = 1.0  # every initial kernel times this (sigmoid: ~4 keeps the signal's variance)
   c.momentum = 0.9
   c.b1 = 0.9
   c.b2 = 0.999

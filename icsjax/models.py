@@ -6,7 +6,8 @@ for normalised layer i (in ``layer_names`` order), so records read the exact
 activations training used. Layers carry fixed names (``conv_0``, ``dense_0``,
 ``norm_0``, ..., ``dense_out``): Flax derives each layer's init key from its
 name, so models of one seed share the initial weights of every identically
-shaped layer, whatever their norm.
+shaped layer, whatever their norm (and of one initialiser; docs/measurements.md,
+"Initialisation").
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ ARCHS = ("mlp", "dln", "vgg")
 ACTIVATION_FNS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "tanh": jnp.tanh,
                   "identity": lambda z: z}
 ACTIVATIONS = tuple(ACTIVATION_FNS)
+# Kernel initialisers of every Dense and Conv layer (docs/measurements.md,
+# "Initialisation"). lecun_normal is Flax's default, the same function.
+KERNEL_INITS = {"lecun_normal": nn.initializers.lecun_normal(),
+                "glorot_uniform": nn.initializers.glorot_uniform(),
+                "he_normal": nn.initializers.he_normal(),
+                "orthogonal": nn.initializers.orthogonal()}
+INITS = tuple(KERNEL_INITS)
 
 
 def centres_batch(norm: str, lp_center: bool) -> bool:
@@ -41,12 +49,25 @@ class _NormedLayers(nn.Module):
   norm: str = "none"
   norm_eps: float = 1e-5
   lp_center: bool = True
+  kernel_init: str = "lecun_normal"  # a KERNEL_INITS name (Module.init is taken)
+
+  @property
+  def kernel_initializer(self):
+    return KERNEL_INITS[self.kernel_init]
+
+  def dense(self, units, name):
+    return nn.Dense(units, use_bias=self.use_bias, kernel_init=self.kernel_initializer,
+                    name=name)
 
   def normed(self, pre, i, train, hp, taps):
     z = Norm(self.norm, self.norm_eps, self.lp_center, name=f"norm_{i}")(
         pre, train=train, hp=hp)
     taps.append((pre, z))
     return ACTIVATION_FNS[self.activation](z)
+
+  def output(self, x):
+    """The output layer: always with a bias (no norm follows it)."""
+    return nn.Dense(self.num_outputs, kernel_init=self.kernel_initializer, name="dense_out")(x)
 
   @property
   def use_bias(self) -> bool:
@@ -74,9 +95,9 @@ class MLP(_NormedLayers):
     x = x.reshape(x.shape[0], -1)
     taps = []
     for i in range(self.depth):
-      pre = nn.Dense(self.width, use_bias=self.use_bias, name=f"dense_{i}")(x)
+      pre = self.dense(self.width, f"dense_{i}")(x)
       x = self.normed(pre, i, train, hp, taps)
-    return nn.Dense(self.num_outputs, name="dense_out")(x), tuple(taps)
+    return self.output(x), tuple(taps)
 
 
 class VGG(_NormedLayers):
@@ -105,27 +126,36 @@ class VGG(_NormedLayers):
     for channels in self.channels:
       for _ in range(self.convs_per_stage):
         pre = nn.Conv(channels, (3, 3), padding="SAME", use_bias=self.use_bias,
-                      name=f"conv_{i}")(x)
+                      kernel_init=self.kernel_initializer, name=f"conv_{i}")(x)
         x = self.normed(pre, i, train, hp, taps)
         i += 1
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
     x = x.reshape(x.shape[0], -1)
     for d in range(self.depth):
-      pre = nn.Dense(self.width, use_bias=self.use_bias, name=f"dense_{d}")(x)
+      pre = self.dense(self.width, f"dense_{d}")(x)
       x = self.normed(pre, i, train, hp, taps)
       i += 1
-    return nn.Dense(self.num_outputs, name="dense_out")(x), tuple(taps)
+    return self.output(x), tuple(taps)
 
 
 def build(static: dict, num_outputs: int) -> nn.Module:
   """The model of a group's static config."""
   common = dict(width=static["width"], depth=static["depth"], num_outputs=num_outputs,
-                norm=static["norm"], norm_eps=static["norm_eps"], lp_center=static["lp_center"])
+                norm=static["norm"], norm_eps=static["norm_eps"], lp_center=static["lp_center"],
+                kernel_init=static["init"])
   if static["arch"] == "vgg":
     return VGG(channels=tuple(static["channels"]), convs_per_stage=static["convs_per_stage"],
                activation=static["activation"], **common)
   activation = "identity" if static["arch"] == "dln" else static["activation"]
   return MLP(activation=activation, **common)
+
+
+def scale_kernels(params, gain):
+  """`params` with every Dense and Conv kernel times `gain` (the dynamic
+  init_gain); biases and norm parameters unchanged. A gain of 1 changes no bit
+  (x * 1 == x in IEEE arithmetic)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p * gain if getattr(path[-1], "key", None) == "kernel" else p, params)
 
 
 def num_params(static: dict, input_shape: tuple[int, ...], num_outputs: int) -> int:

@@ -21,7 +21,7 @@ from icsjax import fields as f
 from icsjax import records as records_lib
 from icsjax.data import DATASETS, IMAGE_DATASETS
 from icsjax.fields import ConfigError, Field, fail  # noqa: F401  (ConfigError: the API)
-from icsjax.models import ACTIVATIONS, ARCHS
+from icsjax.models import ACTIVATIONS, ARCHS, INITS
 from icsjax.norms import BATCH_NORM_KINDS, NORM_KINDS
 from icsjax.optim import OPTIMIZERS
 from icsjax.spec import RunSpec
@@ -43,6 +43,7 @@ CORE_FIELDS: dict[str, Field] = {
     "channels": Field("static", f.positive_int_tuple, "vgg: channels of each conv stage"),
     "convs_per_stage": Field("static", f.integer(1), "vgg: 3x3 conv layers per stage (then 2x2 pooling)"),
     "activation": Field("static", f.choice(ACTIVATIONS), "nonlinearity (dln: identity)"),
+    "init": Field("static", f.choice(INITS), "kernel initialiser of every dense and conv layer"),
     "norm": Field("static", f.choice(NORM_KINDS), "normalisation before each nonlinearity"),
     "norm_eps": Field("static", f.number(0, lo_open=True), "epsilon of every norm"),
     "lp_center": Field("static", f.boolean, "lp batch norm subtracts the batch mean first"),
@@ -50,6 +51,8 @@ CORE_FIELDS: dict[str, Field] = {
     "optimizer": Field("static", f.choice(OPTIMIZERS), "sgd, momentum (heavy ball) or adam"),
     # per-model hyperparameters
     "lr": Field("dynamic", f.number(0, lo_open=True), "learning rate"),
+    "init_gain": Field("dynamic", f.number(0, lo_open=True),
+                       "every initial dense and conv kernel (the output's too) times this"),
     "momentum": Field("dynamic", f.number(0, 1, hi_open=True), "momentum optimizer: momentum"),
     "b1": Field("dynamic", f.number(0, 1, hi_open=True), "adam: first-moment decay"),
     "b2": Field("dynamic", f.number(0, 1, hi_open=True), "adam: second-moment decay"),

@@ -28,6 +28,7 @@ import optax
 from optax import tree_utils
 
 from icsjax import keys
+from icsjax import models
 from icsjax import optim
 from icsjax import placement
 from icsjax import records as records_lib
@@ -60,13 +61,14 @@ def segment_batch_indices(key, start_step, num_steps: int, batch_size: int, num_
 
 
 def init_model(spec: GroupSpec, seed_index, hp) -> ModelState:
-  """One model's state before its first step. Models of one seed index share
-  their initial weights in every layer they have in common (Flax derives each
-  layer's key from its name)."""
+  """One model's state before its first step. Models of one seed index, init
+  and init_gain share their initial weights in every layer they have in common
+  (Flax derives each layer's key from its name); another init or gain draws
+  from the same key, so their weights differ but stay paired."""
   base = spec.run.base_seed
   variables = spec.model.init({"params": keys.seed_key(base, seed_index, keys.INIT)},
                               jnp.zeros((1,) + spec.input_shape), train=False, hp=hp)
-  params = variables["params"]
+  params = models.scale_kernels(variables["params"], hp["init_gain"])
   return ModelState(params=params, batch_stats=variables.get("batch_stats", {}),
                     opt_state=optim.make(spec.static["optimizer"], hp).init(params),
                     noise_key=keys.seed_key(base, seed_index, keys.NOISE),

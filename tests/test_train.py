@@ -69,11 +69,15 @@ def reference_start(config, static, hp, seed):
   root = jax.random.fold_in(jax.random.PRNGKey(config.base_seed), seed)
   variables = model.init({"params": jax.random.fold_in(root, 0)},
                          jnp.zeros((1,) + ds.input_shape), train=False, hp=hp)
+  # init_gain (when given) multiplies every kernel, nothing else
+  gain = hp.get("init_gain", 1.0)
+  params = {layer: {name: v * gain if name == "kernel" else v for name, v in p.items()}
+            for layer, p in variables["params"].items()}
   tx = reference_optimizer(static["optimizer"], {k: float(v) for k, v in hp.items()})
   idx = reference_indices(config.base_seed, seed, config.steps, static["batch_size"],
                           ds.num_train)
-  return (ds, model, variables["params"], variables.get("batch_stats", {}), tx,
-          tx.init(variables["params"]), idx, jax.random.fold_in(root, 2))
+  return (ds, model, params, variables.get("batch_stats", {}), tx,
+          tx.init(params), idx, jax.random.fold_in(root, 2))
 
 
 def reference_run(config, static, model_index_in_group, hp, seed):
