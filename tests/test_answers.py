@@ -53,3 +53,28 @@ def test_the_deep_network_without_a_norm_fails_and_question_3_says_so(depth_swee
   # The primary effect of question 3 is the interaction, Holm-adjusted with the others.
   primary = [e for e in q3.effects if e.primary]
   assert primary and all(np.isfinite(e.adjusted_p) for e in primary)
+
+
+def test_what_batch_norm_adds_beyond_another_initialisation(tmp_path):
+  """batchnorm at the default init against none at init_gain 4, paired by seed index:
+  the effect equals the log-ratios of the two models' early losses, by hand."""
+  from conftest import tiny_config
+  from icsjax import runner
+  from icsjax.report import metrics as m
+  from icsjax.report import questions
+  c = tiny_config()
+  c.seeds = 3
+  c.sweep.norm = ("none", "batchnorm")
+  c.sweep.lr = (0.1,)
+  c.sweep.init_gain = (1.0, 4.0)
+  runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
+  ds = analysis.load(tmp_path / "w")
+  sentences, effects = questions.beyond_init(ds)
+  early = [e for e in effects if e.metric.key == "early_loss"]
+  assert len(early) == 1 and early[0].contrast == (
+      "variant=batchnorm, init_gain=1 vs variant=none, init_gain=4")
+  loss = m.EARLY_LOSS.compute(ds).to_series()
+  by_hand = [np.log(float(loss[("batchnorm", s, 0.1, 1.0)]) / float(loss[("none", s, 0.1, 4.0)]))
+             for s in range(3)]
+  np.testing.assert_allclose(early[0].interval.mean, np.mean(by_hand), rtol=1e-9)
+  assert any("initialised with init_gain=4" in s for s in sentences)
