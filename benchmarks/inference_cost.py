@@ -42,6 +42,7 @@ from icsjax import study as study_lib  # noqa: E402
 def group(test_time: bool):
   c = default.get_config()
   c.sweep.norm = (ARGS.norm,)
+  del c.sweep["depth"]  # one group: Ioffe's depth-3 MLP
   c.steps = c.segment_steps * (ARGS.segments + 1)
   if not test_time:
     c.test_time_every = 0

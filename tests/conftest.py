@@ -53,6 +53,7 @@ def tiny_config(**overrides):
   c.segment_steps = 20
   c.sweep.norm = ("batchnorm",)
   c.sweep.lr = (0.05, 0.1, 0.2, 0.4)
+  del c.sweep["depth"]  # one depth: the default study's depth axis is its own test
   c.ics_every = c.landscape_every = c.curvature_every = 0  # probes: see test_probes
   c.test_time_every = 0  # test-time evaluation: see test_test_time
   for k, v in overrides.items():

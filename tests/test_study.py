@@ -330,24 +330,27 @@ def test_validation_is_silent_on_valid_edge_values():
 def test_default_config_validates_and_expands():
   cfg = default_config()
   sweep = study.validate(cfg)
-  assert sweep == {"norm": ("none", "batchnorm", "noisy_batchnorm"), "lr": (0.1, 0.5)}
+  assert sweep == {"norm": ("none", "batchnorm", "noisy_batchnorm"), "lr": (0.1, 0.5),
+                   "depth": (3, 8)}
 
   s = study.expand(cfg)
   names = [g.name for g in s.groups]
-  assert names == ["norm-none", "norm-batchnorm", "norm-noisy_batchnorm"]
-  assert len(s.groups) == 3  # the swept static values: 3 norms
-  assert s.num_models == 3 * 2 * cfg.seeds
-  assert s.num_segments == cfg.steps // cfg.segment_steps == 6
+  assert names == [f"depth-{d}_norm-{n}" for d in (3, 8) for n in sweep["norm"]]
+  assert len(s.groups) == 6  # the swept static values: 2 depths x 3 norms
+  assert s.num_models == 2 * 3 * 2 * cfg.seeds
+  assert s.num_segments == cfg.steps // cfg.segment_steps
 
   next_id = 0
-  for g, norm in zip(s.groups, sweep["norm"]):
-    assert g.variant == norm and g.static["norm"] == norm
-    assert g.static == {**{k: cfg[k] for k in study.STATIC_FIELDS}, "norm": norm}
+  for g, (depth, norm) in zip(s.groups, [(d, n) for d in (3, 8) for n in sweep["norm"]]):
+    assert g.variant == norm and g.static["norm"] == norm and g.static["depth"] == depth
+    assert g.static == {**{k: cfg[k] for k in study.STATIC_FIELDS}, "norm": norm,
+                        "depth": depth}
     assert g.size == 2 * cfg.seeds
     assert g.model_ids == tuple(range(next_id, next_id + g.size))
     next_id += g.size
-    assert set(g.coords) == {"variant", "seed", "lr"}
+    assert set(g.coords) == {"variant", "seed", "lr", "depth"}
     assert g.coords["variant"] == (norm,) * g.size
+    assert g.coords["depth"] == (depth,) * g.size
     assert g.coords["seed"] == (0, 1, 2, 3, 4) * 2          # seed fastest
     assert g.coords["lr"] == (0.1,) * 5 + (0.5,) * 5
     assert set(g.hparams) == set(study.DYNAMIC_FIELDS)

@@ -1,5 +1,5 @@
-"""One section per question the report answers (README, "The report"): measured effects, and an answer that
-follows from them.
+"""One section per question the report answers (README, "The report"): measured
+effects, and an answer that follows from them.
 
 Answers are assembled from the verdicts of the effects (lower, higher,
 inconclusive, below resolution), never written ahead of the numbers: swap two
