@@ -46,7 +46,7 @@ def _final(var):
 
 def _median_drift(ds):
   median = ds.monitor_percentiles.sel(quantile=0.5, method="nearest")
-  first = median.sel(record_step=ds.record_step.min())
+  first = median.sel(record_step=0)  # at initialisation
   last = median.sel(record_step=ds.record_step.max())
   return abs(last - first).mean(["layer", "tracked_unit"])
 
@@ -64,10 +64,14 @@ def _grad_predictiveness(ds):
 
 
 def _probe_mean(key, label, definition, var, probe) -> Metric:
-  """A probe's per-event scalar, averaged over its events (a ratio metric)."""
+  """A probe's per-event scalar, averaged over its events during training (a
+  ratio metric): a kind that also probes step 0 leaves that one out, which
+  reads the initialisation, not the variant's training."""
   kind = records_lib.BY_NAME[probe]
-  return Metric(key, label, f"{definition}, averaged over {probe} probes", "ratio", (var,),
-                lambda ds: ds[var].mean(kind.axis, skipna=False), cadence=kind.cadence)
+  during = lambda ds: ds[var].sel({kind.axis: ds[kind.axis] > 0})
+  return Metric(key, label, f"{definition}, averaged over {probe} probes after step 0",
+                "ratio", (var,), lambda ds: during(ds).mean(kind.axis, skipna=False),
+                cadence=kind.cadence)
 
 
 def _test_mode_gap(ds):
@@ -87,7 +91,7 @@ FINAL_ACCURACY = Metric(
     _final("test_accuracy_eval_mode"), ".3f")
 MEDIAN_DRIFT = Metric(
     "median_drift", "drift of the median nonlinearity input",
-    "|median at the last record − median at the first record| of a tracked unit's "
+    "|median at the last record − median at initialisation (step 0)| of a tracked unit's "
     "nonlinearity input over the fixed monitor set, averaged over layers and tracked "
     "units (units of the nonlinearity's input)", "difference", ("monitor_percentiles",),
     _median_drift, ".3f")
