@@ -11,6 +11,7 @@ from icsjax import data as data_lib
 from icsjax import losses as losses_lib
 from icsjax import models
 from icsjax import placement
+from icsjax import records as records_lib
 from icsjax import runner
 from icsjax import store
 from icsjax import train
@@ -179,6 +180,13 @@ def reference_run(config, static, model_index_in_group, hp, seed):
   return {k: np.array(v, np.float64) for k, v in rec.items()}
 
 
+def reference_hp(config, lr) -> dict:
+  """One model's hyperparameters, from the config, at learning rate lr."""
+  names = ("momentum", "b1", "b2", "adam_eps", "bn_momentum", "noise_mean_range",
+           "noise_scale_low", "noise_scale_high", "noise_mean_spread", "noise_scale_std")
+  return {"lr": jnp.float32(lr), **{k: jnp.float32(config[k]) for k in names}}
+
+
 CASES = [
     dict(norm="batchnorm", optimizer="sgd"),
     dict(norm="noisy_batchnorm", optimizer="momentum", monitor_mode="train"),
@@ -216,11 +224,7 @@ def test_vmapped_group_equals_unvmapped_loop(tmp_path, case):
   j = 5  # lr index 2, seed 1
   static = {k: c[k] for k in c if k != "sweep"}
   static["norm"] = norm
-  hp = {k: jnp.float32(c[k]) for k in ("lr", "momentum", "b1", "b2", "adam_eps",
-                                         "bn_momentum", "noise_mean_range", "noise_scale_low",
-                                         "noise_scale_high", "noise_mean_spread",
-                                         "noise_scale_std")}
-  hp["lr"] = jnp.float32(c.sweep.lr[2])
+  hp = reference_hp(c, c.sweep.lr[2])
   assert float(group.lr[j]) == c.sweep.lr[2] and int(group.seed[j]) == 1
   ref = reference_run(c, static, j, hp, seed=1)
   got = group.isel(model=j)
@@ -252,7 +256,11 @@ def test_paired_models_share_batches_and_initial_weights(tmp_path):
   c.sweep.norm = ("none", "batchnorm", "layernorm")
   c.sweep.lr = (0.1, 0.3)
   ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
-  first = np.concatenate([g.preact_mean.isel(record_step=0, layer=0).values for g in ds.values()])
+  first = np.concatenate([g.preact_mean.sel(record_step=1).isel(layer=0).values for g in ds.values()])
+  # Step 0 reads the same batch under the same (initial) weights, in a program of its own.
+  at_init = np.concatenate([g.preact_mean.sel(record_step=0).isel(layer=0).values
+                            for g in ds.values()])
+  np.testing.assert_allclose(at_init, first, rtol=1e-6, atol=1e-7)
   seeds = np.concatenate([g.seed.values for g in ds.values()])
   for s in (0, 1):
     same = first[seeds == s]
@@ -338,3 +346,58 @@ def test_one_model_per_device_maps_each_devices_models_in_turn():
   assert [e.params["length"] for e in scans] == [per_device]
   assert float(placement.one_model_per_device(fn, devices)(x[2], 3.0)) == pytest.approx(
       3.0 * float(x[2]) + np.sin(float(x[2])), rel=1e-6)
+
+
+@pytest.mark.parametrize("activation, norm, lr, monitor_mode", [
+    ("sigmoid", "none", 4.0, "train"),  # lr 4 saturates some sigmoid units by step 10
+    ("relu", "batchnorm", 0.1, "eval"),
+])
+def test_step_0_and_the_monitor_signal_match_numpy(activation, norm, lr, monitor_mode):
+  c = tiny_config(steps=10, segment_steps=10, record_every=5, eval_every=5,
+                  activation=activation, monitor_mode=monitor_mode)
+  c.sweep.norm, c.sweep.lr = (norm,), (lr,)
+  (gr,) = runner.build_group_runs(runner.study_lib.expand(c))
+  rec = runner.run_segment(gr, 0)
+  final = runner.host_state(gr)  # after step 10, the last record
+  times = records_lib.time_coords(gr.spec.run, 0)
+  assert list(times["record_step"]) == [0, 5, 10] and list(times["eval_step"]) == [0, 5, 10]
+  static = {**{k: c[k] for k in c if k != "sweep"}, "norm": norm}
+  ds = data_lib.load(static)
+  model = models.build(static, ds.num_outputs)
+  hp = reference_hp(c, lr)
+  x_tr, y_tr = np.asarray(ds.train_x), np.asarray(ds.train_y)
+  for m, seed in enumerate(np.asarray(gr.group.coords["seed"])):
+    init = train.init_model(gr.spec, int(seed), hp)
+    noise_root = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.base_seed),
+                                                       int(seed)), 2)
+    monitor_key = lambda t: jax.random.fold_in(jax.random.fold_in(noise_root, t), 1)
+    idx = reference_indices(c.base_seed, int(seed), 1, c.batch_size, ds.num_train)[0]
+    (_, taps), _ = model.apply({"params": init.params, "batch_stats": init.batch_stats},
+                               x_tr[idx], train=True, hp=hp, mutable=["batch_stats"])
+    want = {}
+    for name, i in (("preact", 0), ("nonlin_input", 1)):  # update 1's batch, initial weights
+      want[f"{name}_mean"] = [per_unit(tap[i]).mean(0) for tap in taps]
+      want[f"{name}_var"] = [per_unit(tap[i]).var(0) for tap in taps]
+    for name in init.batch_stats.get("norm_0", {}):
+      want[f"running_{name}"] = [init.batch_stats[f"norm_{i}"][name] for i in range(len(taps))]
+    want.update(reference_monitor(model, init.params, init.batch_stats, ds, hp, c, activation,
+                                  monitor_key(0)))
+    assert set(want) == set(rec["record"])
+    for name, v in want.items():
+      np.testing.assert_allclose(rec["record"][name][m, 0], np.asarray(v, np.float64),
+                                 rtol=1e-5, atol=1e-6, err_msg=f"step 0 {name}")
+    for name, v in reference_eval(model, init.params, init.batch_stats, ds, hp,
+                                  c.batch_size).items():
+      np.testing.assert_allclose(rec["eval"][name][m, 0], v, rtol=1e-5, err_msg=f"step 0 {name}")
+    # At the last record, from the state the run ends with.
+    params, stats = (jax.tree_util.tree_map(lambda a: a[m], t)
+                     for t in (final.params, final.batch_stats))
+    last = reference_monitor(model, params, stats, ds, hp, c, activation, monitor_key(10))
+    for name in ("saturated_fraction", "monitor_preact_var", "monitor_nonlin_input_var"):
+      np.testing.assert_allclose(rec["record"][name][m, -1], last[name], rtol=1e-5, atol=1e-6,
+                                 err_msg=f"step 10 {name}")
+  saturated = rec["record"]["saturated_fraction"]
+  assert 0 < saturated.max() < 1 and saturated.shape == (2, 3, 2)  # model, record_step, layer
+  assert gr.spec.activation == activation
+  assert records_lib.attrs(gr.spec)["saturation_threshold"] == (
+      "|z| > 4" if activation == "sigmoid" else "z <= 0")
