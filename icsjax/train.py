@@ -2,7 +2,8 @@
 
 ``make_loop(spec)`` returns the group's functions, closed over its static
 config: ``init`` (models from seed indices and hyperparameters), ``step`` (one
-update of one model) and ``segment``, which is
+update of one model), ``at_init`` (the records of step 0) and ``segment``,
+which is
 
   jit(vmap over models(scan over chunks(scan over scan_length steps;
                                         record kinds when due))).
@@ -102,7 +103,7 @@ def _write_if_due(buf, chunk, every_chunks: int, compute):
 
 
 def make_loop(spec: GroupSpec) -> Loop:
-  """The group's init, step and segment functions."""
+  """The group's init, step, at_init and segment functions."""
   run = spec.run
   kinds = records_lib.active(run)
   initial_kinds = records_lib.at_init(run)

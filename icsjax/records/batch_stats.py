@@ -53,7 +53,6 @@ def monitor_signal(taps, activation: str) -> dict:
 
 
 def check(static, config, sizes, where):
-  from icsjax import models  # shapes only
   units = min(models.build(static, 1).layer_units)
   bad = [u for u in config.tracked_units if u >= units]
   if bad:
