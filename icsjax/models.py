@@ -32,6 +32,18 @@ KERNEL_INITS = {"lecun_normal": nn.initializers.lecun_normal(),
                 "orthogonal": nn.initializers.orthogonal()}
 INITS = tuple(KERNEL_INITS)
 
+# Where a unit counts as saturated, as a test on its nonlinearity input z: where
+# the activation passes on (almost) no gradient (docs/measurements.md, "Signal
+# propagation and saturation"). sigmoid: |z| > 4, slope σ'(4) = 0.018, 7% of its
+# maximum 1/4 (Glorot & Bengio 2010 watch sigmoid units pinned near 0 or 1);
+# tanh: |z| > 2, the same 7% (tanh(z) = 2σ(2z) − 1, so the same cut); relu:
+# z <= 0, slope 0 (inactive, and "dead" where it stays so); identity: slope 1
+# everywhere, never saturated. (text of the test, the test)
+SATURATION = {"sigmoid": ("|z| > 4", lambda z: jnp.abs(z) > 4),
+              "tanh": ("|z| > 2", lambda z: jnp.abs(z) > 2),
+              "relu": ("z <= 0", lambda z: z <= 0),
+              "identity": ("never", lambda z: jnp.zeros(z.shape, bool))}
+
 
 def centres_batch(norm: str, lp_center: bool) -> bool:
   """A batch norm that subtracts the batch mean cancels the bias before it: the

@@ -86,14 +86,19 @@ def host_state(gr: GroupRun) -> ModelState:
 
 def run_segment(gr: GroupRun, start: int) -> dict:
   """Trains one group for one segment; returns its records on the host, with each
-  model's failure verdict at the segment's end."""
+  model's failure verdict at the segment's end. The first segment's records start
+  with step 0 (the kinds that record it), read from the initial state before the
+  segment's donated buffers replace it."""
+  k = gr.group.size  # drop the padding models
+  on_host = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[:k],
+                                                jax.device_get(tree))
+  initial = (on_host(gr.loop.at_init(gr.state, gr.hparams, gr.model_seeds, gr.data))
+             if start == 0 else {})
   gr.state, records = gr.loop.segment(gr.state, gr.hparams, gr.model_seeds, gr.data,
                                       jnp.int32(start))
   records[records_lib.MODEL] = {"diverged_step": gr.state.diverged_step,
                                 **records_lib.model_records(gr.spec, gr.hparams)}
-  k = gr.group.size  # drop the padding models
-  records = jax.tree_util.tree_map(lambda a: np.asarray(a)[:k], jax.device_get(records))
-  records = records_lib.finish(records)
+  records = records_lib.finish(records_lib.with_initial(initial, on_host(records)))
   records[records_lib.MODEL].update(failure.verdict(
       records[records_lib.MODEL]["diverged_step"], failure.last_evaluation(records),
       gr.baseline))

@@ -69,6 +69,11 @@ class GroupSpec:
     return models.build(self.static, self.num_outputs)
 
   @property
+  def activation(self) -> str:
+    """The nonlinearity of every normalised layer (a deep linear network's: identity)."""
+    return self.model.activation
+
+  @property
   def layer_names(self) -> tuple[str, ...]:
     """The normalised layers, in forward order."""
     return self.model.layer_names

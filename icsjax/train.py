@@ -2,7 +2,8 @@
 
 ``make_loop(spec)`` returns the group's functions, closed over its static
 config: ``init`` (models from seed indices and hyperparameters), ``step`` (one
-update of one model) and ``segment``, which is
+update of one model), ``at_init`` (the records of step 0) and ``segment``,
+which is
 
   jit(vmap over models(scan over chunks(scan over scan_length steps;
                                         record kinds when due))).
@@ -15,7 +16,9 @@ the segment ends.
 Step numbering: step t (1-based) is the t-th update. The per-step loss of
 step t is the minibatch loss before that update; a record kind due "at step
 t" runs at the end of a chunk and reads the model right after update t
-(icsjax.state.Moment: the state after it, and the update itself).
+(icsjax.state.Moment: the state after it, and the update itself). Kinds
+``at_init`` also record step 0, once, before the first segment (``at_init``):
+the initial state, with update 1 as the update.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Loop(NamedTuple):
   step: Callable     # one model: (state, hp, x, y, step) -> (state, metrics, StepInternals)
   segment: Callable  # jit: (states, hparams, model seed indices, data, start_step)
                      #      -> (states, {kind: records})
+  at_init: Callable  # jit: (initial states, hparams, model seed indices, data)
+                     #      -> {kind: records of step 0, time axis of length 1}
 
 
 def segment_batch_indices(key, start_step, num_steps: int, batch_size: int, num_train: int):
@@ -100,9 +105,10 @@ def _write_if_due(buf, chunk, every_chunks: int, compute):
 
 
 def make_loop(spec: GroupSpec) -> Loop:
-  """The group's init, step and segment functions."""
+  """The group's init, step, at_init and segment functions."""
   run = spec.run
   kinds = records_lib.active(run)
+  initial_kinds = records_lib.at_init(run)
 
   def step(state: ModelState, hp, x, y, t):
     """Update t (1-based) of one model; what a caller leaves unused, XLA does not compute.
@@ -142,10 +148,18 @@ def make_loop(spec: GroupSpec) -> Loop:
       fn = placement.one_model_per_device(fn, spec.devices)
     return fn(hp, kind.per_device_inputs(spec, fns, at))
 
-  def due(at: Moment, hp) -> dict:
+  def due(at: Moment, hp, kinds=kinds) -> dict:
     """{kind: thunk computing its records of `at`}, NaN for a diverged model."""
     diverged = at.state.diverged_step > 0
     return {k.name: lambda k=k: _nan_if(diverged, compute(k, hp, at)) for k in kinds}
+
+  def at_init_one(state: ModelState, hp, first_batch, data):
+    """Step 0 of one model: the initial state, and update 1 (on step 1's
+    minibatch) as its update, whose batch moments are those of the initial
+    parameters. first_batch: step 1's minibatch indices."""
+    _, _, inside = step(state, hp, data.train_x[first_batch], data.train_y[first_batch], 1)
+    thunks = due(Moment(state=state, step=0, update=inside, data=data), hp, initial_kinds)
+    return {name: jax.tree_util.tree_map(lambda a: a[None], f()) for name, f in thunks.items()}
 
   def segment_one(state: ModelState, hp, indices, data, start_step):
     """Train one model for a segment. indices: (segment_steps, batch) minibatch indices."""
@@ -201,17 +215,28 @@ def make_loop(spec: GroupSpec) -> Loop:
     return jax.vmap(lambda s, h: init_model(spec, s, h))(
         model_seeds, jax.tree_util.tree_map(jnp.copy, hp))
 
-  def segment(states, hp, model_seeds, data, start_step):
-    # Indices are drawn once per seed index and shared by all its models.
+  def over_models(one, states, hp, model_seeds, start_step, num_steps, *shared):
+    """one(state, hp, indices, *shared) vmapped over the models, each given the
+    minibatch indices of steps start_step+1 .. start_step+num_steps of its seed
+    index (drawn once per seed index and shared by all its models)."""
     seed_keys = jax.vmap(lambda s: keys.seed_key(run.base_seed, s, keys.DATA))(
         jnp.arange(run.seeds))
     per_seed = jax.vmap(lambda k: segment_batch_indices(
-        k, start_step, run.segment_steps, spec.batch_size, spec.num_train))(seed_keys)
-    train_models = jax.vmap(segment_one, in_axes=(0, 0, 0, None, None))
+        k, start_step, num_steps, spec.batch_size, spec.num_train))(seed_keys)
+    models = jax.vmap(one, in_axes=(0, 0, 0) + (None,) * len(shared))
     xs = (states, hp, per_seed[model_seeds])
     if not spec.model_chunk:
-      return train_models(*xs, data, start_step)
-    return placement.in_chunks(lambda xs: train_models(*xs, data, start_step), xs,
-                               spec.devices, spec.model_chunk)
+      return models(*xs, *shared)
+    return placement.in_chunks(lambda xs: models(*xs, *shared), xs, spec.devices,
+                               spec.model_chunk)
 
-  return Loop(init=init, step=step, segment=jax.jit(segment, donate_argnums=0))
+  def segment(states, hp, model_seeds, data, start_step):
+    return over_models(segment_one, states, hp, model_seeds, start_step, run.segment_steps,
+                       data, start_step)
+
+  def at_init(states, hp, model_seeds, data):
+    return over_models(lambda s, h, idx, d: at_init_one(s, h, idx[0], d), states, hp,
+                       model_seeds, 0, 1, data)
+
+  return Loop(init=init, step=step, segment=jax.jit(segment, donate_argnums=0),
+              at_init=jax.jit(at_init))

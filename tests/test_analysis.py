@@ -36,3 +36,6 @@ def test_load_joins_groups_and_selects_by_label(tmp_path):
   assert "running_mean" in ds and np.isnan(narrow.running_mean).all()  # no BN: no statistics
   assert np.isnan(narrow.preact_mean.sel(unit=slice(8, None))).all()  # 8 of 12 units
   assert "curvature_step" not in ds.dims  # only some probes on
+  # Step 0, the initial state, leads the records that take it, not the probes of an update.
+  assert list(ds.record_step.values) == [0, 10, 20] and list(ds.eval_step.values) == [0, 20]
+  assert list(ds.ics_step.values) == [10, 20]

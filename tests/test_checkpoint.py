@@ -92,11 +92,16 @@ def test_an_uninterrupted_run_checkpoints_every_segment(reference):
   assert sorted(sums) == [20, 40, 60, 80]
   assert all(set(s) == set(GROUPS) for s in sums.values())
   assert len({s["norm-batchnorm"] for s in sums.values()}) == 4  # the state moved on
+  for g in GROUPS:  # step 0 (the initial state) leads the records the resumes must match
+    arrays = reference[1][g]
+    assert arrays["record_step"][0] == 0 and arrays["eval_step"][0] == 0
+    assert arrays["preact_mean"].shape[1] == len(arrays["record_step"]) == STEPS // 10 + 1
 
 
 # Saves are asynchronous, and each waits for the one before: at a kill, every
 # save before the last one started is complete; the last may be or not.
 @pytest.mark.parametrize("kill_at, leftover, resumed", [
+    ("after_segment:1", "first segment only", "from step 0"),  # its step 0 computed again
     ("record_write:3", "half-written record file", "(from step 0|at step 20)"),  # seg 1
     ("checkpoint_save:2", "checkpoint mid-save", "at step 20"),  # step 40 being written
     ("after_segment:3", "records ahead of checkpoint", "at step (20|40)"),  # 60 not saved
@@ -114,6 +119,8 @@ def test_a_killed_run_resumes_to_bitwise_identical_records(reference, tmp_path, 
     assert 40 not in checkpoint_steps(workdir)
   if leftover == "records ahead of checkpoint":
     assert store.complete_segments(workdir, "norm-none") == 3
+  if leftover == "first segment only":
+    assert store.complete_segments(workdir, "norm-none") == 1 and not checkpoint_steps(workdir)
   log = []
   run_study(workdir, log.append)
   assert any(re.search(f"(resuming|rerunning) it {resumed}", m) for m in log), log

@@ -77,3 +77,19 @@ def test_every_kind_declares_a_cadence_field_and_dims_of_its_own():
   for kind in records_lib.KINDS:
     assert kind.cadence in kind.fields and kind.fields[kind.cadence].role == "run"
     assert kind.cadence in study.FIELDS
+
+
+def test_kinds_at_init_lead_the_first_segment_with_step_0():
+  run = study.run_spec(tiny_config(ics_every=10, curvature_every=20))
+  assert [k.name for k in records_lib.at_init(run)] == ["record", "eval", "curvature"]
+  first, second = records_lib.time_coords(run, 0), records_lib.time_coords(run, 20)
+  assert {k: list(v) for k, v in first.items() if k != "step"} == {
+      "record_step": [0, 10, 20], "eval_step": [0, 20], "ics_step": [10, 20],
+      "curvature_step": [0, 20]}
+  assert list(second["record_step"]) == [30, 40] and list(second["eval_step"]) == [40]
+  assert list(first["step"]) == list(range(1, 21))
+  initial = {"record": {"v": np.zeros((2, 1, 3))}}
+  later = {"record": {"v": np.ones((2, 2, 3))}, "ics": {"w": np.ones((2, 2))}}
+  got = records_lib.with_initial(initial, later)
+  np.testing.assert_array_equal(got["record"]["v"][:, :, 0], [[0, 1, 1], [0, 1, 1]])
+  assert got["ics"]["w"] is later["ics"]["w"]

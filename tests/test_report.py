@@ -87,7 +87,7 @@ def _early_loss(ds, i):
 
 def _drift(ds, i):
   q = list(ds["quantile"].values).index(0.5)
-  median = ds.monitor_percentiles.values[i, :, :, :, q]  # record_step, layer, tracked_unit
+  median = ds.monitor_percentiles.values[i, :, :, :, q]  # record_step (0 first), layer, unit
   return np.nanmean(np.abs(median[-1] - median[0]))
 
 

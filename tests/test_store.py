@@ -20,8 +20,8 @@ def test_records_load_with_named_dims_and_coords(tmp_path):
                                          "quantile")
   assert bn.test_accuracy_eval_mode.dims == ("model", "eval_step")
   np.testing.assert_array_equal(bn.step, np.arange(1, 41))
-  np.testing.assert_array_equal(bn.record_step, [10, 20, 30, 40])
-  np.testing.assert_array_equal(bn.eval_step, [20, 40])
+  np.testing.assert_array_equal(bn.record_step, [0, 10, 20, 30, 40])
+  np.testing.assert_array_equal(bn.eval_step, [0, 20, 40])
   np.testing.assert_array_equal(bn.tracked_unit, [0, 3])
   np.testing.assert_allclose(bn["quantile"], [0.15, 0.5, 0.85])
   assert list(bn.variant.values) == ["l2_batchnorm"] * 8
@@ -50,7 +50,7 @@ def test_truncate_drops_later_segments(tmp_path):
   store.truncate(tmp_path / "w", group, keep_segments=1)
   ds = store.load_group(tmp_path / "w", group)
   np.testing.assert_array_equal(ds.step, np.arange(1, 21))
-  np.testing.assert_array_equal(ds.record_step, [10, 20])
+  np.testing.assert_array_equal(ds.record_step, [0, 10, 20])
   assert not list(store.group_dir(tmp_path / "w", group).glob("*.tmp"))
 
 

@@ -12,6 +12,7 @@ from icsjax import failure
 from icsjax import losses as losses_lib
 from icsjax import models
 from icsjax import placement
+from icsjax import records as records_lib
 from icsjax import runner
 from icsjax import store
 from icsjax import train
@@ -80,10 +81,62 @@ def reference_start(config, static, hp, seed):
           tx.init(params), idx, jax.random.fold_in(root, 2))
 
 
+# Where each activation saturates, written out apart from icsjax.models.SATURATION.
+SATURATED = {"sigmoid": lambda z: np.abs(z) > 4, "tanh": lambda z: np.abs(z) > 2,
+             "relu": lambda z: z <= 0, "identity": lambda z: np.zeros(z.shape, bool)}
+
+
+def per_unit(a):
+  """(examples x positions, units) in float64."""
+  return np.asarray(a, np.float64).reshape(-1, a.shape[-1])
+
+
+def reference_monitor(model, params, stats, ds, hp, config, activation, key):
+  """The monitor-set records of one model state: percentiles, saturated
+  fractions and unit-averaged variances (NumPy on the model's taps)."""
+  variables = {"params": params, "batch_stats": stats}
+  if config.monitor_mode == "train":
+    (_, taps), _ = model.apply(variables, ds.monitor_x, train=True, hp=hp, rngs={"noise": key},
+                               mutable=["batch_stats"])
+  else:
+    _, taps = model.apply(variables, ds.monitor_x, train=False, hp=hp)
+  units = list(config.tracked_units)
+  return {"monitor_percentiles": [np.quantile(per_unit(z)[:, units], batch_stats.QUANTILES,
+                                              axis=0).T for _, z in taps],
+          "saturated_fraction": [SATURATED[activation](per_unit(z)).mean() for _, z in taps],
+          "monitor_preact_var": [per_unit(a).var(0).mean() for a, _ in taps],
+          "monitor_nonlin_input_var": [per_unit(z).var(0).mean() for _, z in taps]}
+
+
+def reference_eval(model, params, stats, ds, hp, b):
+  """Test loss and accuracy in both modes over the first floor(n/b)*b test examples."""
+  out = {}
+  for mode, is_train in (("eval_mode", False), ("train_mode", True)):
+    losses, accs = [], []
+    for k in range(ds.num_test // b):
+      xb = np.asarray(ds.test_x)[k * b:(k + 1) * b]
+      yb = np.asarray(ds.test_y)[k * b:(k + 1) * b]
+      if is_train:
+        (o, _), _ = model.apply({"params": params, "batch_stats": stats}, xb,
+                                train=True, hp=hp, mutable=["batch_stats"])
+      else:
+        o, _ = model.apply({"params": params, "batch_stats": stats}, xb, train=False, hp=hp)
+      l, a = np_loss(o, yb, ds.task)
+      losses.append(l)
+      accs.append(a)
+    out[f"test_loss_{mode}"] = np.mean(losses)
+    if ds.task == data_lib.CLASSIFICATION:
+      out[f"test_accuracy_{mode}"] = np.mean(accs)
+  return out
+
+
 def reference_run(config, static, model_index_in_group, hp, seed):
-  """Trains one model step by step; returns its records as {name: list over time}."""
+  """Trains one model step by step; returns its records as {name: list over time}.
+  Step 0 (first in every record and evaluation) is the initial state, with the
+  batch moments of step 1's minibatch under it."""
   ds, model, params, stats, tx, opt_state, idx, noise_root = reference_start(
       config, static, hp, seed)
+  activation = "identity" if static["arch"] == "dln" else static["activation"]
   b = static["batch_size"]
   x_tr, y_tr = np.asarray(ds.train_x), np.asarray(ds.train_y)
   rec = {}
@@ -97,56 +150,46 @@ def reference_run(config, static, model_index_in_group, hp, seed):
       return losses_lib.task_loss(out, y, ds.task)[0], (out, taps, upd.get("batch_stats", {}))
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
+  def record(t, params, stats, taps):
+    """Records at step t: taps of update t's batch (update 1's at t = 0), the state after it."""
+    for name, i in (("preact", 0), ("nonlin_input", 1)):
+      # per unit / channel over the batch (and every position of a conv layer)
+      acts = [per_unit(tap[i]) for tap in taps]
+      add(f"{name}_mean", pad_units([a.mean(0) for a in acts]))
+      add(f"{name}_var", pad_units([a.var(0) for a in acts]))
+    for name in stats.get("norm_0", {}):
+      add(f"running_{name}", pad_units([stats[f"norm_{i}"][name] for i in range(len(taps))]))
+    mkey = jax.random.fold_in(jax.random.fold_in(noise_root, t), 1)
+    for k, v in reference_monitor(model, params, stats, ds, hp, config, activation,
+                                  mkey).items():
+      add(k, v)
+
   for t in range(1, config.steps + 1):
     x, y = x_tr[idx[t - 1]], y_tr[idx[t - 1]]
     key = jax.random.fold_in(jax.random.fold_in(noise_root, t), 0)
     (loss, (out, taps, new_stats)), grads = loss_and_grad(params, stats, x, y, key)
+    if t == 1:
+      record(0, params, stats, taps)
+      for k, v in reference_eval(model, params, stats, ds, hp, b).items():
+        add(k, v)
     add("train_loss", loss)
     if ds.task == data_lib.CLASSIFICATION:
       add("train_accuracy", np_loss(out, y, ds.task)[1])
     updates, opt_state = tx.update(grads, opt_state, params)
     params, stats = optax.apply_updates(params, updates), new_stats
-
     if t % config.record_every == 0:
-      for name, i in (("preact", 0), ("nonlin_input", 1)):
-        # per unit / channel over the batch (and every position of a conv layer)
-        acts = [np.asarray(tap[i], np.float64).reshape(-1, tap[i].shape[-1]) for tap in taps]
-        add(f"{name}_mean", pad_units([a.mean(0) for a in acts]))
-        add(f"{name}_var", pad_units([a.var(0) for a in acts]))
-      for name in stats.get("norm_0", {}):
-        add(f"running_{name}", pad_units([stats[f"norm_{i}"][name] for i in range(len(taps))]))
-      train_mode = config.monitor_mode == "train"
-      mkey = jax.random.fold_in(jax.random.fold_in(noise_root, t), 1)
-      if train_mode:
-        (_, mtaps), _ = model.apply({"params": params, "batch_stats": stats}, ds.monitor_x,
-                                    train=True, hp=hp, rngs={"noise": mkey},
-                                    mutable=["batch_stats"])
-      else:
-        _, mtaps = model.apply({"params": params, "batch_stats": stats}, ds.monitor_x,
-                               train=False, hp=hp)
-      units = list(config.tracked_units)
-      add("monitor_percentiles",
-          [np.quantile(np.asarray(z, np.float64).reshape(-1, z.shape[-1])[:, units],
-                       batch_stats.QUANTILES, axis=0).T for _, z in mtaps])
+      record(t, params, stats, taps)
     if t % config.eval_every == 0:
-      nb = ds.num_test // b
-      for mode, is_train in (("eval_mode", False), ("train_mode", True)):
-        losses, accs = [], []
-        for k in range(nb):
-          xb = np.asarray(ds.test_x)[k * b:(k + 1) * b]
-          yb = np.asarray(ds.test_y)[k * b:(k + 1) * b]
-          if is_train:
-            (o, _), _ = model.apply({"params": params, "batch_stats": stats}, xb,
-                                    train=True, hp=hp, mutable=["batch_stats"])
-          else:
-            o, _ = model.apply({"params": params, "batch_stats": stats}, xb, train=False, hp=hp)
-          l, a = np_loss(o, yb, ds.task)
-          losses.append(l)
-          accs.append(a)
-        add(f"test_loss_{mode}", np.mean(losses))
-        if ds.task == data_lib.CLASSIFICATION:
-          add(f"test_accuracy_{mode}", np.mean(accs))
+      for k, v in reference_eval(model, params, stats, ds, hp, b).items():
+        add(k, v)
   return {k: np.array(v, np.float64) for k, v in rec.items()}
+
+
+def reference_hp(config, lr) -> dict:
+  """One model's hyperparameters, from the config, at learning rate lr."""
+  names = ("momentum", "b1", "b2", "adam_eps", "bn_momentum", "noise_mean_range",
+           "noise_scale_low", "noise_scale_high", "noise_mean_spread", "noise_scale_std")
+  return {"lr": jnp.float32(lr), **{k: jnp.float32(config[k]) for k in names}}
 
 
 CASES = [
@@ -158,9 +201,12 @@ CASES = [
     # only agree bitwise. A larger eps keeps such rounding at rounding size.
     dict(norm="l1_batchnorm", optimizer="adam", monitor_mode="eval", adam_eps=1e-3),
     # vmapped convolutions run as grouped convolutions that sum in another order;
-    # over 40 momentum steps that moves near-zero channel means by a few 1e-6.
+    # over 40 momentum steps that moves near-zero channel means by a few 1e-6, and
+    # may move a relu input within that of 0 across it: one of the first conv
+    # layer's 8192 monitor entries (32 examples x 8 x 8 positions x 4 channels).
     dict(norm="batchnorm", optimizer="momentum", arch="vgg", activation="relu",
-         channels=(4, 6), convs_per_stage=1, width=8, depth=1, atol=1e-5),
+         channels=(4, 6), convs_per_stage=1, width=8, depth=1, atol=1e-5,
+         saturated_atol=1.5 / 8192),
     dict(norm="layernorm", optimizer="sgd", dataset="gaussian_regression", arch="dln",
          activation="identity", width=10, depth=4, **{"sweep.lr": (0.005, 0.01, 0.02, 0.04)}),
 ]
@@ -172,6 +218,7 @@ def test_vmapped_group_equals_unvmapped_loop(tmp_path, case):
   case = dict(case)
   norm = case.pop("norm")
   atol = case.pop("atol", 2e-6)
+  atols = {"saturated_fraction": case.pop("saturated_atol", atol)}
   c = tiny_config(**case)
   c.sweep.norm = (norm,)
   if c.dataset == "gaussian_regression":
@@ -182,19 +229,17 @@ def test_vmapped_group_equals_unvmapped_loop(tmp_path, case):
   j = 5  # lr index 2, seed 1
   static = {k: c[k] for k in c if k != "sweep"}
   static["norm"] = norm
-  hp = {k: jnp.float32(c[k]) for k in ("lr", "momentum", "b1", "b2", "adam_eps",
-                                         "bn_momentum", "noise_mean_range", "noise_scale_low",
-                                         "noise_scale_high", "noise_mean_spread",
-                                         "noise_scale_std")}
-  hp["lr"] = jnp.float32(c.sweep.lr[2])
+  hp = reference_hp(c, c.sweep.lr[2])
   assert float(group.lr[j]) == c.sweep.lr[2] and int(group.seed[j]) == 1
   ref = reference_run(c, static, j, hp, seed=1)
   got = group.isel(model=j)
+  assert group.record_step.values[0] == 0 and group.eval_step.values[0] == 0
   # Not loop records: divergence, and the host's verdict on the records (test_failure).
   assert set(ref) == {k for k in got.data_vars
                       if k not in ("diverged_step",) + failure.VARIABLES}
   for name, want in ref.items():
-    np.testing.assert_allclose(got[name].values, want, rtol=1e-5, atol=atol, err_msg=name)
+    np.testing.assert_allclose(got[name].values, want, rtol=1e-5, atol=atols.get(name, atol),
+                               err_msg=name)
   assert int(got.diverged_step) == 0
 
 
@@ -218,7 +263,11 @@ def test_paired_models_share_batches_and_initial_weights(tmp_path):
   c.sweep.norm = ("none", "batchnorm", "layernorm")
   c.sweep.lr = (0.1, 0.3)
   ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
-  first = np.concatenate([g.preact_mean.isel(record_step=0, layer=0).values for g in ds.values()])
+  first = np.concatenate([g.preact_mean.sel(record_step=1).isel(layer=0).values for g in ds.values()])
+  # Step 0 reads the same batch under the same (initial) weights, in a program of its own.
+  at_init = np.concatenate([g.preact_mean.sel(record_step=0).isel(layer=0).values
+                            for g in ds.values()])
+  np.testing.assert_allclose(at_init, first, rtol=1e-6, atol=1e-7)
   seeds = np.concatenate([g.seed.values for g in ds.values()])
   for s in (0, 1):
     same = first[seeds == s]
@@ -308,3 +357,58 @@ def test_one_model_per_device_maps_each_devices_models_in_turn():
   assert [e.params["length"] for e in scans] == [per_device]
   assert float(placement.one_model_per_device(fn, devices)(x[2], 3.0)) == pytest.approx(
       3.0 * float(x[2]) + np.sin(float(x[2])), rel=1e-6)
+
+
+@pytest.mark.parametrize("activation, norm, lr, monitor_mode", [
+    ("sigmoid", "none", 4.0, "train"),  # lr 4 saturates some sigmoid units by step 10
+    ("relu", "batchnorm", 0.1, "eval"),
+])
+def test_step_0_and_the_monitor_signal_match_numpy(activation, norm, lr, monitor_mode):
+  c = tiny_config(steps=10, segment_steps=10, record_every=5, eval_every=5,
+                  activation=activation, monitor_mode=monitor_mode)
+  c.sweep.norm, c.sweep.lr = (norm,), (lr,)
+  (gr,) = runner.build_group_runs(runner.study_lib.expand(c))
+  rec = runner.run_segment(gr, 0)
+  final = runner.host_state(gr)  # after step 10, the last record
+  times = records_lib.time_coords(gr.spec.run, 0)
+  assert list(times["record_step"]) == [0, 5, 10] and list(times["eval_step"]) == [0, 5, 10]
+  static = {**{k: c[k] for k in c if k != "sweep"}, "norm": norm}
+  ds = data_lib.load(static)
+  model = models.build(static, ds.num_outputs)
+  hp = reference_hp(c, lr)
+  x_tr, y_tr = np.asarray(ds.train_x), np.asarray(ds.train_y)
+  for m, seed in enumerate(np.asarray(gr.group.coords["seed"])):
+    init = train.init_model(gr.spec, int(seed), hp)
+    noise_root = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.base_seed),
+                                                       int(seed)), 2)
+    monitor_key = lambda t: jax.random.fold_in(jax.random.fold_in(noise_root, t), 1)
+    idx = reference_indices(c.base_seed, int(seed), 1, c.batch_size, ds.num_train)[0]
+    (_, taps), _ = model.apply({"params": init.params, "batch_stats": init.batch_stats},
+                               x_tr[idx], train=True, hp=hp, mutable=["batch_stats"])
+    want = {}
+    for name, i in (("preact", 0), ("nonlin_input", 1)):  # update 1's batch, initial weights
+      want[f"{name}_mean"] = [per_unit(tap[i]).mean(0) for tap in taps]
+      want[f"{name}_var"] = [per_unit(tap[i]).var(0) for tap in taps]
+    for name in init.batch_stats.get("norm_0", {}):
+      want[f"running_{name}"] = [init.batch_stats[f"norm_{i}"][name] for i in range(len(taps))]
+    want.update(reference_monitor(model, init.params, init.batch_stats, ds, hp, c, activation,
+                                  monitor_key(0)))
+    assert set(want) == set(rec["record"])
+    for name, v in want.items():
+      np.testing.assert_allclose(rec["record"][name][m, 0], np.asarray(v, np.float64),
+                                 rtol=1e-5, atol=1e-6, err_msg=f"step 0 {name}")
+    for name, v in reference_eval(model, init.params, init.batch_stats, ds, hp,
+                                  c.batch_size).items():
+      np.testing.assert_allclose(rec["eval"][name][m, 0], v, rtol=1e-5, err_msg=f"step 0 {name}")
+    # At the last record, from the state the run ends with.
+    params, stats = (jax.tree_util.tree_map(lambda a: a[m], t)
+                     for t in (final.params, final.batch_stats))
+    last = reference_monitor(model, params, stats, ds, hp, c, activation, monitor_key(10))
+    for name in ("saturated_fraction", "monitor_preact_var", "monitor_nonlin_input_var"):
+      np.testing.assert_allclose(rec["record"][name][m, -1], last[name], rtol=1e-5, atol=1e-6,
+                                 err_msg=f"step 10 {name}")
+  saturated = rec["record"]["saturated_fraction"]
+  assert 0 < saturated.max() < 1 and saturated.shape == (2, 3, 2)  # model, record_step, layer
+  assert gr.spec.activation == activation
+  assert records_lib.attrs(gr.spec)["saturation_threshold"] == (
+      "|z| > 4" if activation == "sigmoid" else "z <= 0")

@@ -58,14 +58,29 @@ def variable_dims(kind: str, variable: str) -> tuple[str, ...]:
   return BY_NAME[kind].variable_dims(variable)
 
 
+def at_init(run) -> tuple[RecordKind, ...]:
+  """The active kinds that also record step 0, the state at initialisation."""
+  return tuple(k for k in active(run) if k.at_init)
+
+
 def time_coords(run, start: int) -> dict[str, np.ndarray]:
-  """Each written time axis's steps within the segment starting after `start`."""
+  """Each written time axis's steps within the segment starting after `start`;
+  the first segment's start with step 0 where its kind records it."""
   seg = run.segment_steps
   out = {PER_STEP_AXIS: start + np.arange(1, seg + 1)}
   for kind in active(run):
     every = kind.every(run)
-    out[kind.axis] = start + np.arange(every, seg + 1, every)
+    first = 0 if start == 0 and kind.at_init else every
+    out[kind.axis] = start + np.arange(first, seg + 1, every)
   return out
+
+
+def with_initial(initial: dict, records: dict) -> dict:
+  """A first segment's host records with the step-0 entries ({kind: {name: (models,
+  1, ...)}}) put in front along each kind's time axis."""
+  return {kind: {name: np.concatenate([initial[kind][name], a], axis=1) if kind in initial
+                 else a for name, a in tree.items()}
+          for kind, tree in records.items()}
 
 
 def fixed_coords(spec) -> dict:

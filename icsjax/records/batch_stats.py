@@ -1,7 +1,9 @@
 """Batch-statistic trajectories (docs/measurements.md, "Batch-statistic
 trajectories"): per layer and unit, the minibatch moments of the pre-norm
 activation and of the nonlinearity input, the running statistics, and
-percentiles of the nonlinearity input over a fixed monitor set."""
+percentiles of the nonlinearity input over a fixed monitor set; per layer,
+over the monitor set, the saturated fraction and the variances of both
+("Signal propagation and saturation"). Recorded at step 0 too."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import jax.numpy as jnp
 
 from icsjax import fields as f
 from icsjax import keys
+from icsjax import models
 from icsjax.forward import stack_layers
 from icsjax.records.kind import RecordKind
 
@@ -18,8 +21,8 @@ MONITOR_MODES = ("train", "eval")
 
 def compute(spec, fns, at):
   """The update's batch moments (the step computes them), the running statistics
-  after it, and the monitor set's percentiles (train mode with this step's
-  monitor noise, or eval mode)."""
+  after it, and of the monitor set (train mode with this step's monitor noise,
+  or eval mode): percentiles, saturated fractions and variances."""
   state = at.state
   rec = dict(at.update.moments)
   for name in spec.running_stat_names:
@@ -34,11 +37,22 @@ def compute(spec, fns, at):
   # Over monitor examples (and, in a conv layer, every position): (layer, unit, quantile)
   rec["monitor_percentiles"] = jnp.stack(
       [jnp.quantile(z.reshape(-1, z.shape[-1])[:, units], q, axis=0).T for _, z in taps])
+  rec.update(monitor_signal(taps, spec.activation))
   return rec
 
 
+def monitor_signal(taps, activation: str) -> dict:
+  """Per layer (layer,): the fraction of saturated (example, position, unit)
+  entries of the nonlinearity input z, and the variances of the pre-norm
+  activation and of z over examples (and positions), averaged over units."""
+  saturated = models.SATURATION[activation][1]
+  unit_var = lambda a: jnp.mean(jnp.var(a.reshape(-1, a.shape[-1]), axis=0))
+  return {"saturated_fraction": jnp.stack([jnp.mean(saturated(z)) for _, z in taps]),
+          "monitor_preact_var": jnp.stack([unit_var(a) for a, _ in taps]),
+          "monitor_nonlin_input_var": jnp.stack([unit_var(z) for _, z in taps])}
+
+
 def check(static, config, sizes, where):
-  from icsjax import models  # shapes only
   units = min(models.build(static, 1).layer_units)
   bad = [u for u in config.tracked_units if u >= units]
   if bad:
@@ -49,7 +63,7 @@ def check(static, config, sizes, where):
 
 KIND = RecordKind(
     name="record", title="batch statistics", cadence="record_every", compute=compute,
-    time_axis="record_step", optional=False,
+    time_axis="record_step", optional=False, at_init=True,
     fields={
         "record_every": f.Field("run", f.integer(1), "cadence of batch-statistic records"),
         "tracked_units": f.Field("run", f.unit_tuple,
@@ -57,7 +71,9 @@ KIND = RecordKind(
         "monitor_mode": f.Field("run", f.choice(MONITOR_MODES),
                                 "norm mode of the percentile pass"),
     },
-    dims={"monitor_percentiles": ("layer", "tracked_unit", "quantile")},
+    dims={"monitor_percentiles": ("layer", "tracked_unit", "quantile"),
+          **{name: ("layer",) for name in ("saturated_fraction", "monitor_preact_var",
+                                           "monitor_nonlin_input_var")}},
     default_dims=("layer", "unit"),
     check=check,
     coords=lambda spec: {"layer": (["layer"], list(spec.layer_names)),
@@ -66,5 +82,6 @@ KIND = RecordKind(
                          "tracked_unit": (["tracked_unit"], list(spec.run.tracked_units)),
                          "quantile": (["quantile"], list(QUANTILES))},
     attrs=lambda spec: {"monitor_mode": spec.run.monitor_mode,
-                        "monitor_examples": spec.static["monitor_size"]},
+                        "monitor_examples": spec.static["monitor_size"],
+                        "saturation_threshold": models.SATURATION[spec.activation][0]},
 )

@@ -25,7 +25,7 @@ def check(static, config, sizes, where):
 
 KIND = RecordKind(
     name="curvature", title="curvature (Lanczos, Hutchinson)", cadence="curvature_every",
-    compute=curvature.records,
+    compute=curvature.records, at_init=True,
     fields={
         "curvature_every": f.Field("run", f.integer(0),
                                    "steps between Hessian probes (0: off)"),

@@ -36,7 +36,7 @@ def compute(spec, fns, at):
 
 KIND = RecordKind(
     name="eval", title="test evaluation", cadence="eval_every", compute=compute,
-    optional=False,
+    optional=False, at_init=True,
     fields={"eval_every": f.Field("run", f.integer(1), "cadence of test evaluations")},
     attrs=lambda spec: {"test_examples_evaluated": spec.num_test_batches * spec.batch_size,
                         "train_mode_eval_batch_size": spec.batch_size},

@@ -29,7 +29,8 @@ class RecordKind:
   and loss under its hyperparameters (icsjax.forward.ModelFns), ``at`` the
   model right after update ``at.step`` (icsjax.state.Moment). It returns
   {variable: array}; the loop stacks them along ``time_axis``, NaN once the
-  model has diverged.
+  model has diverged. A kind ``at_init`` is also computed at step 0: ``at``
+  is then the initial state, and ``at.update`` update 1 (icsjax.train.Loop.at_init).
   """
   name: str          # its key in a segment's records
   title: str         # in words, for messages and the report
@@ -40,6 +41,9 @@ class RecordKind:
   default_dims: tuple[str, ...] = ()  # dims after (model, time) of variables not in dims
   time_axis: str = ""                 # "" : f"{name}_step"
   optional: bool = True               # a cadence of 0 switches it off
+  # Whether it also records step 0, the state at initialisation (before any
+  # update): for kinds that read the state, not those that probe an update.
+  at_init: bool = False
   # (static, config, sizes, where) -> None; raises ConfigError. Checks that need
   # a group's static values and data sizes (sizes: {"train", "test"}).
   check: Callable | None = None

@@ -118,7 +118,7 @@ def _final(var):
 
 def _median_drift(ds):
   median = ds.monitor_percentiles.sel(quantile=0.5, method="nearest")
-  first = median.sel(record_step=ds.record_step.min())
+  first = median.sel(record_step=0)  # at initialisation
   last = median.sel(record_step=ds.record_step.max())
   return abs(last - first).mean(["layer", "tracked_unit"])
 
@@ -132,10 +132,14 @@ def _grad_ics_per_step(ds):
 
 
 def _probe_mean(key, label, definition, var, probe) -> Metric:
-  """A probe's per-event scalar, averaged over its events (a ratio metric)."""
+  """A probe's per-event scalar, averaged over its events during training (a
+  ratio metric): a kind that also probes step 0 leaves that one out, which
+  reads the initialisation, not the variant's training."""
   kind = records_lib.BY_NAME[probe]
-  return _series_metric(key, label, f"{definition}, averaged over {probe} probes", "ratio",
-                        var, lambda ds: ds[var], kind.axis, cadence=kind.cadence)
+  # Step 0 (the initialisation, for kinds that record it) is not part of training.
+  during = lambda ds: ds[var].sel({kind.axis: ds[kind.axis] > 0})
+  return _series_metric(key, label, f"{definition}, averaged over {probe} probes after step 0",
+                        "ratio", var, during, kind.axis, cadence=kind.cadence)
 
 
 def _test_mode_gap(ds):
@@ -158,7 +162,7 @@ FINAL_ACCURACY = Metric(
     _final("test_accuracy_eval_mode"), ".3f", per_example=True)
 MEDIAN_DRIFT = Metric(
     "median_drift", "drift of the median nonlinearity input",
-    "|median at the last record − median at the first record| of a tracked unit's "
+    "|median at the last record − median at initialisation (step 0)| of a tracked unit's "
     "nonlinearity input over the fixed monitor set, averaged over layers and tracked "
     "units (units of the nonlinearity's input)", "difference", ("monitor_percentiles",),
     _median_drift, ".3f")
@@ -194,9 +198,11 @@ TEST_MODE_GAP = Metric(
 
 
 def _hidden_layers(var):
-  """Mean over the hidden weight layers: every one but the output layer, which no norm
-  follows (so it is never scale-invariant)."""
-  return lambda ds: ds[var].isel(weight_layer=slice(0, -1)).mean("weight_layer")
+  """Mean over the hidden weight layers, every one but the output layer (which no norm
+  follows, so it is never scale-invariant), at the probes after step 0."""
+  axis = records_lib.BY_NAME["curvature"].axis
+  return lambda ds: ds[var].sel({axis: ds[axis] > 0}).isel(
+      weight_layer=slice(0, -1)).mean("weight_layer")
 
 
 CURVATURE = records_lib.BY_NAME["curvature"]
@@ -205,13 +211,14 @@ SCALED_SHARPNESS = _series_metric(
     "scaled_sharpness", "scale-aware sharpness ‖W‖²·λ_max(H_WW)",
     "per hidden weight layer, the squared norm of its kernel times the largest eigenvalue "
     "of that kernel's own Hessian block (unchanged when a kernel followed by batch norm is "
-    "rescaled), averaged over hidden layers and curvature probes", "ratio",
+    "rescaled), averaged over hidden layers and curvature probes after step 0", "ratio",
     "layer_sharpness_scaled", _hidden_layers("layer_sharpness_scaled"), CURVATURE.axis,
     cadence=CURVATURE.cadence)
 LAYER_LAMBDA_MAX = _series_metric(
     "layer_lambda_max", "per-layer λ_max(H_WW), raw",
     "largest eigenvalue of a hidden kernel's own Hessian block, averaged over hidden layers "
-    "and curvature probes (changes as 1/c² when a kernel followed by batch norm is scaled "
+    "and curvature probes after step 0 (changes as 1/c² when a kernel followed by batch "
+    "norm is scaled "
     "by c)", "ratio", "layer_lambda_max", _hidden_layers("layer_lambda_max"), CURVATURE.axis,
     cadence=CURVATURE.cadence)
 GRAD_PREDICTIVENESS_RELATIVE = _series_metric(
