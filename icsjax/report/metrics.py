@@ -218,8 +218,7 @@ LAYER_LAMBDA_MAX = _series_metric(
     "layer_lambda_max", "per-layer λ_max(H_WW), raw",
     "largest eigenvalue of a hidden kernel's own Hessian block, averaged over hidden layers "
     "and curvature probes after step 0 (changes as 1/c² when a kernel followed by batch "
-    "norm is scaled "
-    "by c)", "ratio", "layer_lambda_max", _hidden_layers("layer_lambda_max"), CURVATURE.axis,
+    "norm is scaled by c)", "ratio", "layer_lambda_max", _hidden_layers("layer_lambda_max"), CURVATURE.axis,
     cadence=CURVATURE.cadence)
 GRAD_PREDICTIVENESS_RELATIVE = _series_metric(
     "grad_predictiveness_relative", "relative gradient change along the update",
