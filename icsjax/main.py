@@ -7,7 +7,7 @@ Exit codes (README, "Exit codes"): 0 the study is done; 2 a mistake in the
 command line, the config or the workdir (one line on stderr says which), or
 the workdir is in use by another run; 130 interrupted (Ctrl-C; rerunning the
 same command resumes); 1 anything else, which is a bug (with its traceback).
-``--debug`` (or ICSJAX_DEBUG=1) shows the traceback of a refused run too.
+``--debug`` (or ICSJAX_DEBUG=1) shows the traceback behind a refusal too.
 
 Only light modules are imported at the top, so that a mistake is reported at
 once and Ctrl-C is handled from the start; JAX is imported inside `main`.
@@ -17,6 +17,7 @@ import logging
 import os
 import shlex
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -124,7 +125,7 @@ def run():
     app.run(lambda argv: main(argv, sweeps), argv=argv, flags_parser=parse_flags)
   except USER_ERRORS as e:
     if debug:
-      raise
+      traceback.print_exc()
     print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
     sys.exit(USER_ERROR)
 

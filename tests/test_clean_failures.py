@@ -290,8 +290,9 @@ def test_a_workdir_of_another_study_is_one_line(solo):
 
 def test_debug_shows_the_traceback(tmp_path):
   proc = run_cli(tmp_path / "w", "--config.foo=1", timeout=120, ICSJAX_DEBUG="1")
-  assert proc.returncode != 0 and "Traceback" in proc.stderr
+  assert proc.returncode == 2 and "Traceback" in proc.stderr
   assert "CommandLineError: --config.foo is not a field" in proc.stderr
+  assert proc.stderr.splitlines()[-1].startswith("error: --config.foo is not a field")
 
 
 def test_overrides_keep_the_last_of_each_field():
