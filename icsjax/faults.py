@@ -4,7 +4,8 @@ Crash safety is only believable when tested at the worst moments: halfway
 through writing a record file, or while a checkpoint is being saved. With
 ``ICSJAX_KILL_AT=POINT:N`` in the environment, the N-th time (from 1) the run
 reaches ``point(POINT)`` the process gets SIGKILL, which nothing can catch or
-clean up after. Unset, a point costs one environment lookup.
+clean up after; ``POINT:N:INT`` sends SIGINT instead (Ctrl-C at that moment).
+Unset, a point costs one environment lookup.
 """
 
 import os
@@ -19,9 +20,10 @@ def point(name: str) -> None:
   spec = os.environ.get(ENV)
   if not spec:
     return
-  target, _, nth = spec.partition(":")
+  target, _, rest = spec.partition(":")
   if target != name:
     return
+  nth, _, sig = rest.partition(":")
   _reached[name] = _reached.get(name, 0) + 1
   if _reached[name] == int(nth or 1):
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'KILL'}"))

@@ -2,21 +2,39 @@
 
   python -m icsjax.main --config=configs/default.py --workdir=runs/default
   python -m icsjax.main --config=default --workdir=runs/default   # a shipped config by name
+
+Exit codes (README, "Exit codes"): 0 the study is done; 2 a mistake in the
+command line, the config or the workdir (one line on stderr says which), or
+the workdir is in use by another run; 130 interrupted (Ctrl-C; rerunning the
+same command resumes); 1 anything else, which is a bug (with its traceback).
+``--debug`` (or ICSJAX_DEBUG=1) shows the traceback behind a refusal too.
+
+Only light modules are imported at the top, so that a mistake is reported at
+once and Ctrl-C is handled from the start; JAX is imported inside `main`.
 """
 
 import logging
+import os
+import shlex
 import sys
+import traceback
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from icsjax import config_files
-from icsjax import devices
-from icsjax import report
-from icsjax import runner
-from icsjax import study as study_lib
-from icsjax.study import ConfigError
+from icsjax import interrupt
+from icsjax import store
+from icsjax import tfds_data
+from icsjax import workdir_lock
+from icsjax.fields import ConfigError
+
+DONE, USER_ERROR, INTERRUPTED = 0, 2, interrupt.EXIT_CODE
+# What a user can get wrong; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, config_files.CommandLineError, flags.Error, FileExistsError,
+               workdir_lock.WorkdirError, tfds_data.DatasetNotPreparedError)
+DEBUG_ENV = "ICSJAX_DEBUG"
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Study config: a file, or the name of a "
@@ -26,45 +44,90 @@ flags.DEFINE_string("workdir", None, "Directory for the study's records and meta
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("report", True, "Write WORKDIR/report/ (figures, report.md, report.html) "
                   "at the end; python -m icsjax.report WORKDIR writes it later.")
+flags.DEFINE_bool("debug", False, f"Show the traceback of a refused run (also {DEBUG_ENV}=1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class OrbaxWarningsOnly(logging.Filter):
+class QuietLibraries(logging.Filter):
   """Orbax logs each checkpoint save at INFO through absl's logger: some 120
-  lines a segment, which bury the progress bar and the summary."""
+  lines a segment, which bury the progress bar and the summary. TFDS warns
+  about folders it looks in, even when the dataset then turns out not to be
+  prepared, which icsjax reports in one line of its own."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+    if "orbax" in record.pathname:
+      return record.levelno >= logging.WARNING
+    if "tensorflow_datasets" in record.pathname:
+      return record.levelno >= logging.ERROR
+    return True
 
 
 def main(argv, sweeps=None):
   del argv
-  # JAX logs at INFO that it found no TPU; that is not news on a CPU or GPU machine.
-  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-  logging.getLogger("absl").addFilter(OrbaxWarningsOnly())
-  try:
+  # First of all, before JAX loads (seconds): a second run on a workdir is refused
+  # at once. Through the report, which is the run's too. A workdir the lock
+  # created is removed again if the run is refused before writing to it.
+  with workdir_lock.hold(FLAGS.workdir):
     config_files.add_sweeps(FLAGS.config, sweeps or {})
+    store.check_workdir(FLAGS.workdir, FLAGS.config.to_json())  # another study's: refused
+    from icsjax import devices
+    from icsjax import report
+    from icsjax import runner
+    from icsjax import study as study_lib
+    # JAX logs at INFO that it found no TPU; that is not news on a CPU or GPU machine.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    logging.getLogger("absl").addFilter(QuietLibraries())
     study_lib.validate(FLAGS.config)  # before anything else, JAX's start included
     print(devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices)))
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
     if FLAGS.report:
       print(f"report: {report.write(FLAGS.workdir)}")
-  except (ConfigError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return DONE
+
+
+def debug_requested(argv) -> bool:
+  if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+    return True
+  on = {f"{dash}debug{value}" for dash in ("-", "--") for value in ("", "=true", "=1")}
+  return any(a in on for a in argv[1:])
+
+
+def parse_flags(argv):
+  """absl's parsing, with its errors raised for `run` to report in one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    text = (str(e).strip().splitlines() or ["bad flags"])[0]
+    raise config_files.CommandLineError(
+        f"{text} (python -m icsjax.main --helpfull lists the flags)") from e
+
+
+def resume_line(argv) -> str:
+  command = shlex.join(["python", "-m", "icsjax.main", *argv[1:]])
+  return (f"interrupted: the workdir keeps its last intact checkpoint; rerun the same "
+          f"command to resume from it: {command}")
 
 
 def run():
-  # Before absl parses the flags: the config flag loads its file while parsing.
+  original = list(sys.argv)
+  debug = debug_requested(original)
+  interrupt.exit_on_sigint(resume_line(original))
   try:
-    argv, sweeps = config_files.split_sweeps(config_files.resolve_argv(sys.argv))
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  # ml_collections reads the --config.* overrides from sys.argv itself.
-  sys.argv = argv
-  app.run(lambda argv: main(argv, sweeps), argv=argv)
+    # Before absl parses the flags: the config flag loads its file while parsing,
+    # and ml_collections reads the --config.* overrides from sys.argv itself.
+    argv, sweeps = config_files.split_sweeps(config_files.resolve_argv(original))
+    arg = config_files.config_arg(argv)
+    if arg is not None:
+      config = config_files.load(arg)
+      config_files.check_overrides(argv, config)
+      argv = config_files.last_overrides(argv, config)
+    sys.argv = argv
+    app.run(lambda argv: main(argv, sweeps), argv=argv, flags_parser=parse_flags)
+  except USER_ERRORS as e:
+    if debug:
+      traceback.print_exc()
+    print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
+    sys.exit(USER_ERROR)
 
 
 if __name__ == "__main__":

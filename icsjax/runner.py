@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from icsjax import store
 from icsjax import study as study_lib
 from icsjax import summary as summary_lib
 from icsjax import train
+from icsjax import workdir_lock
 from icsjax.progress import Progress
 from icsjax.spec import GroupSpec
 from icsjax.state import ModelState
@@ -43,15 +45,26 @@ def grid_json(study: study_lib.Study) -> dict:
           "groups": [dataclasses.asdict(g) for g in study.groups]}
 
 
-def build_group_runs(study: study_lib.Study) -> list[GroupRun]:
-  """Loads each distinct dataset once and initialises every group's models."""
+def load_data(study: study_lib.Study) -> dict:
+  """{data key: Dataset}: each distinct dataset of the study, loaded once."""
   run = study_lib.run_spec(study.config)
-  backend = jax.default_backend()
-  loaded, placed, baselines, runs = {}, {}, {}, []
+  loaded = {}
   for g in study.groups:
     key = data_lib.data_key(g.static)
     if key not in loaded:
       loaded[key] = records_lib.prepare_data(data_lib.load(g.static), run, g.static)
+  return loaded
+
+
+def build_group_runs(study: study_lib.Study, loaded: dict | None = None) -> list[GroupRun]:
+  """Initialises every group's models on its data (`load_data`'s, loaded here
+  when not given)."""
+  run = study_lib.run_spec(study.config)
+  backend = jax.default_backend()
+  loaded = load_data(study) if loaded is None else loaded
+  placed, baselines, runs = {}, {}, []
+  for g in study.groups:
+    key = data_lib.data_key(g.static)
     sharding = placement.model_sharding(g.size)
     devices = 1 if sharding is None else sharding.mesh.size
     if (key, devices) not in placed:  # every device of the group holds the whole dataset
@@ -84,11 +97,14 @@ def host_state(gr: GroupRun) -> ModelState:
                                 jax.device_get(gr.state))
 
 
-def run_segment(gr: GroupRun, start: int) -> dict:
+def run_segment(gr: GroupRun, start: int, dispatched: Callable[[], None] = lambda: None
+                ) -> dict:
   """Trains one group for one segment; returns its records on the host, with each
   model's failure verdict at the segment's end. The first segment's records start
   with step 0 (the kinds that record it), read from the initial state before the
-  segment's donated buffers replace it."""
+  segment's donated buffers replace it. `dispatched` is called once the compiled
+  call has returned (traced and compiled, its work queued), before its results
+  are awaited."""
   k = gr.group.size  # drop the padding models
   on_host = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[:k],
                                                 jax.device_get(tree))
@@ -96,6 +112,7 @@ def run_segment(gr: GroupRun, start: int) -> dict:
              if start == 0 else {})
   gr.state, records = gr.loop.segment(gr.state, gr.hparams, gr.model_seeds, gr.data,
                                       jnp.int32(start))
+  dispatched()
   records[records_lib.MODEL] = {"diverged_step": gr.state.diverged_step,
                                 **records_lib.model_records(gr.spec, gr.hparams)}
   records = records_lib.finish(records_lib.with_initial(initial, on_host(records)))
@@ -138,39 +155,54 @@ def resume(runs: list[GroupRun], checkpoints, config, workdir, fingerprint: str,
   return step // seg
 
 
-def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, bar) -> None:
-  """Trains every group through segment `seg` and writes its records."""
+def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, bar,
+                               compiles: bool = False) -> None:
+  """Trains every group through segment `seg` and writes its records; `compiles`:
+  this process calls each group's loop for the first time (the bar says so)."""
   start = seg * config.segment_steps
   for gr in runs:
-    records = run_segment(gr, start)
+    if compiles:
+      bar.compiling(gr.group.name)
+    records = run_segment(gr, start, bar.compiled if compiles else lambda: None)
     if seg == 0:
       store.write_schema(workdir, gr.group.name, schema(gr, records))
     store.write_segment(workdir, gr.group.name, seg, records,
                         records_lib.time_coords(gr.spec.run, start))
-    bar.update(config.segment_steps / len(runs))
+    bar.group_done(config.segment_steps)
 
 
 def run(config, workdir, *, progress: bool = True, log=print) -> dict:
   """Runs the study of `config` into `workdir`; returns {group: xarray.Dataset}.
 
   Same config, same workdir: resumes from the latest intact checkpoint, and
-  the records come out bitwise identical to an uninterrupted run's.
+  the records come out bitwise identical to an uninterrupted run's. The run
+  holds the workdir's lock throughout (icsjax.workdir_lock): a second run on
+  it raises WorkdirBusy, naming this one.
   """
   study = study_lib.expand(config)  # every config error surfaces here, before compute
+  with workdir_lock.hold(workdir):
+    return _run_locked(study, workdir, progress, log)
+
+
+def _run_locked(study: study_lib.Study, workdir, progress: bool, log) -> dict:
+  config = study.config
+  store.check_workdir(workdir, config.to_json())  # a different study: refused at once
+  loaded = load_data(study)  # data that is not there: refused before the workdir is written
   status = store.prepare_workdir(workdir, config.to_json(), grid_json(study))
   log(f"study: {len(study.groups)} group(s), {study.num_models} models, "
       f"{config.steps} steps, on {len(jax.local_devices())} {jax.devices()[0].platform} "
       f"device(s)")
-  runs = build_group_runs(study)
+  runs = build_group_runs(study, loaded)
   checkpoints = (checkpoint_lib.Checkpoints(workdir, config.checkpoint_keep)
                  if config.checkpoint_segments else None)
   fingerprint = checkpoint_lib.fingerprint(config.to_json())
   try:
     first = (resume(runs, checkpoints, config, workdir, fingerprint, log)
              if status == "resume" else 0)
-    bar = Progress(config.steps, study.num_models, progress, first * config.segment_steps)
+    bar = Progress(config.steps, len(runs), study.num_models, progress,
+                   first * config.segment_steps)
     for seg in range(first, study.num_segments):
-      run_segment_of_every_group(runs, seg, config, workdir, bar)
+      run_segment_of_every_group(runs, seg, config, workdir, bar, compiles=seg == first)
       faults.point("after_segment")
       end = (seg + 1) * config.segment_steps
       # After every group's records of the segment: a checkpoint never runs ahead of them.

@@ -8,6 +8,7 @@ Layout::
   WORKDIR/records/GROUP/schema.json         variable -> named dims; fixed coordinates
   WORKDIR/records/GROUP/segment_NNNNNN.npz  one file per finished segment
   WORKDIR/checkpoints/STEP/                 training state (icsjax.checkpoint)
+  WORKDIR/run.lock               held by the run writing the workdir (icsjax.workdir_lock)
 
 A segment file is written to a temporary name and renamed, so it is either
 whole or absent; truncating a run back to step S is deleting the segment
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from icsjax import faults
+from icsjax.workdir_lock import LOCK_FILE
 
 RECORDS = "records"
 SEGMENT_RE = re.compile(r"segment_(\d{6})\.npz$")
@@ -178,26 +180,34 @@ def versions() -> dict:
   return out
 
 
+def check_workdir(workdir, config_json: str) -> str:
+  """"new" or "resume" (a workdir of this same config); raises FileExistsError for
+  one that holds a different study, or files that are no study's. Writes nothing."""
+  workdir = pathlib.Path(workdir)
+  cfg_path = workdir / "config.json"
+  if cfg_path.exists():
+    if json.loads(cfg_path.read_text()) != json.loads(config_json):
+      raise FileExistsError(
+          f"--workdir={workdir} holds a study with a different config; "
+          f"choose another --workdir or delete that one")
+    return "resume"
+  # The lock file is the run's own, taken before this check.
+  if workdir.exists() and any(p.name != LOCK_FILE for p in workdir.iterdir()):
+    raise FileExistsError(f"--workdir={workdir} is not empty and holds no icsjax study; "
+                          f"choose another --workdir")
+  return "new"
+
+
 def prepare_workdir(workdir, config_json: str, grid: dict) -> str:
   """Creates the workdir, or refuses one that holds a different study.
 
   Returns "new" or "resume" (the same config: the runner resumes it from its
   latest intact checkpoint, or from step 0).
   """
+  status = check_workdir(workdir, config_json)
   workdir = pathlib.Path(workdir)
-  cfg_path = workdir / "config.json"
-  status = "new"
-  if cfg_path.exists():
-    if json.loads(cfg_path.read_text()) != json.loads(config_json):
-      raise FileExistsError(
-          f"--workdir={workdir} holds a study with a different config; "
-          f"choose another --workdir or delete that one")
-    status = "resume"
-  elif workdir.exists() and any(workdir.iterdir()):
-    raise FileExistsError(f"--workdir={workdir} is not empty and holds no icsjax study; "
-                          f"choose another --workdir")
   workdir.mkdir(parents=True, exist_ok=True)
-  write_atomic(cfg_path, lambda f: f.write(config_json.encode()))
+  write_atomic(workdir / "config.json", lambda f: f.write(config_json.encode()))
   write_json(workdir / "grid.json", grid)
   write_json(workdir / "versions.json", versions())
   return status

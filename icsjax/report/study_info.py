@@ -12,6 +12,8 @@ import pathlib
 import xarray as xr
 
 from icsjax import records as records_lib
+from icsjax import store
+from icsjax import workdir_lock
 from icsjax.report import effects as fx
 from icsjax.report import render as r
 from icsjax.report import stats
@@ -33,12 +35,26 @@ OPTIONAL = tuple((k.cadence, k.title) for k in records_lib.KINDS if k.optional)
 
 
 def read(workdir) -> dict:
-  """config, grid and versions of a workdir ({} for a file that is absent)."""
+  """config, grid and versions of a workdir ({} for a file that is absent), and
+  `live`: the run writing it now, if any (`live_run`)."""
   out = {}
   for name in ("config", "grid", "versions"):
     p = pathlib.Path(workdir) / f"{name}.json"
     out[name] = json.loads(p.read_text()) if p.exists() else {}
+  out["live"] = live_run(workdir, out)
   return out
+
+
+def live_run(workdir, info: dict) -> dict | None:
+  """{"holder": (host, pid, started), "step": steps every group has recorded} of
+  the run that holds the workdir's lock, or None when none does (without
+  taking the lock: icsjax.workdir_lock)."""
+  holder = workdir_lock.live_holder(workdir)
+  if holder is None:
+    return None
+  groups = [g["name"] for g in info["grid"].get("groups", [])]
+  segments = min((store.complete_segments(workdir, g) for g in groups), default=0)
+  return {"holder": holder, "step": segments * info["config"].get("segment_steps", 0)}
 
 
 def static_values(info: dict, field: str) -> list:
@@ -106,10 +122,17 @@ def blocks(ds: xr.Dataset, info: dict) -> list:
 
 
 def warnings(ds: xr.Dataset, info: dict) -> list:
-  """What a reader must know before reading any answer: scale, and seed count."""
+  """What a reader must know before reading any answer: a run still writing the
+  workdir, scale, and seed count."""
   cfg = info["config"]
   seeds = len(fx.level_values(ds, fx.SEED))
   out = []
+  live = info.get("live")
+  if live:
+    out.append(r.Note(
+        f"this study is in progress, at step {live['step']} of {cfg.get('steps', '?')}: a run "
+        f"is writing its workdir ({workdir_lock.holder_text(live['holder'])}). This report "
+        f"reads the records written so far."))
   if is_smoke_scale(info):
     out.append(r.Note(
         f"this is a smoke-scale study ({_data(info)}; {cfg.get('steps', '?')} steps per model). "
