@@ -13,9 +13,7 @@ lacks says what is missing and how to record it.
 from __future__ import annotations
 
 import dataclasses
-import math
 
-import numpy as np
 import xarray as xr
 
 from icsjax.norms import BATCH_NORM_KINDS
