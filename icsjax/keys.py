@@ -9,8 +9,9 @@ import jax
 # Purposes of a seed index's keys, shared by every model of that seed index.
 INIT, DATA, NOISE = 0, 1, 2
 # Purposes folded into a model's (noise key, step): the step's own noise, the
-# monitor pass, the curvature probe's frozen noise and its random vectors.
-STEP, MONITOR, CURVATURE_NOISE, CURVATURE_VECTORS = 0, 1, 2, 3
+# monitor pass, the curvature probe's frozen noise, its random vectors and the
+# start vectors of its per-layer Lanczos runs.
+STEP, MONITOR, CURVATURE_NOISE, CURVATURE_VECTORS, CURVATURE_LAYER_VECTORS = 0, 1, 2, 3, 4
 
 
 def seed_key(base_seed: int, seed_index, purpose: int):

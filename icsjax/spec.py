@@ -95,6 +95,14 @@ class GroupSpec:
     """Every layer with a kernel, in forward order: the normalised ones, then the output."""
     return self.layer_names + ("dense_out",)
 
+  @property
+  def scale_invariant(self) -> tuple[bool, ...]:
+    """Per weight layer: whether the network's function is unchanged when its
+    kernel is scaled (docs/measurements.md, "Curvature"): a bias-free kernel
+    followed by a centring batch norm. The output layer feeds the loss directly."""
+    invariant = models.centres_batch(self.static["norm"], self.static["lp_center"])
+    return (invariant,) * len(self.layer_names) + (False,)
+
   @functools.cached_property
   def num_params(self) -> int:
     return models.num_params(self.static, self.input_shape, self.num_outputs)

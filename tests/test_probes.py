@@ -89,6 +89,10 @@ def reference_probes(c, static, hp, seed, owner):
       out.setdefault("landscape_loss", []).append(losses)
       out.setdefault("landscape_grad_diff", []).append(diffs)
       out.setdefault("landscape_loss_variation", []).append(max(every) - min(every))
+      out.setdefault("landscape_loss_variation_relative", []).append(
+          (max(every) - min(every)) / float(loss))
+      out.setdefault("landscape_grad_diff_relative", []).append(
+          np.array(diffs) / np.linalg.norm(f64(grads)))
       out.setdefault("landscape_beta_smoothness", []).append(
           max(g / (m * lr * np.linalg.norm(d)) for g, m in zip(diffs, c.landscape_lr_multiples)))
     params, stats = new_params, upd["batch_stats"] if "batch_stats" in upd else stats

@@ -14,9 +14,10 @@ import xarray as xr
 from icsjax import store
 from icsjax.analysis.saved_models import SavedModel, load_model  # noqa: F401  (the API)
 
-# Per-group coordinates along `layer` that differ between groups (a swept
-# width or depth); they become per-model variables so groups can be joined.
-PER_GROUP_LAYER_COORDS = ("layer_units",)
+# Per-group coordinates along `layer` or `weight_layer` that differ between
+# groups (a swept width, depth or norm); they become per-model variables so
+# groups can be joined.
+PER_GROUP_LAYER_COORDS = ("layer_units", "scale_invariant")
 
 
 def model_labels(ds: xr.Dataset) -> list[str]:

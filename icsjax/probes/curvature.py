@@ -184,6 +184,69 @@ def gauss_quadrature(alphas, betas):
   return nodes * nan, weights * nan
 
 
+def tridiagonal_lambda_max(alphas, betas, points: int = 31, rounds: int = 8):
+  """The largest eigenvalue of one symmetric tridiagonal matrix (Lanczos's
+  alphas (steps,) and betas (steps,), the last beta unused), in the compiled
+  program: multisection on Sturm counts, NaN if any entry is not finite.
+
+  The count of eigenvalues below x is the count of negative pivots of the LDL^T
+  factorisation of T - x I (Sylvester's law of inertia), d_1 = a_1 - x,
+  d_j = a_j - x - b_{j-1}^2 / d_{j-1}; it is exact for a matrix within a few
+  roundings of T (Kahan 1966), so the bracket ends within a few roundings of
+  ||T|| of lambda_max. Each round splits the bracket, from Gershgorin's, at
+  `points` points at once; 8 rounds of 31 shrink it 2^40-fold, past float32
+  resolution. No eigensolver: LAPACK's, inside the loop, can deadlock two CPU
+  devices (``spectrum_records``)."""
+  steps, dtype = alphas.shape[0], alphas.dtype
+  couplings = jnp.abs(betas[:-1])
+  radius = jnp.pad(couplings, (1, 0)) + jnp.pad(couplings, (0, 1))
+  squares = jnp.pad(jnp.square(couplings), (1, 0))  # b_{j-1}^2, 0 for the first row
+  # LAPACK's dstebz: a pivot this close to 0 is taken as a small negative one.
+  pivmin = jnp.finfo(dtype).tiny * jnp.maximum(1.0, jnp.max(squares))
+  fractions = jnp.arange(1, points + 1, dtype=dtype) / (points + 1)
+
+  def below(x):
+    def pivot(d, row):
+      a, b2 = row
+      d = a - x - b2 / d
+      d = jnp.where(jnp.abs(d) < pivmin, -pivmin, d)
+      return d, d < 0
+    return jnp.sum(jax.lax.scan(pivot, jnp.ones_like(x), (alphas, squares))[1], axis=0)
+
+  def split(_, bracket):
+    lo, hi = bracket
+    x = lo + (hi - lo) * fractions
+    above_max = below(x) == steps
+    return (jnp.max(jnp.where(above_max, lo, x)), jnp.min(jnp.where(above_max, x, hi)))
+
+  lo, hi = jax.lax.fori_loop(0, rounds, split,
+                             (jnp.min(alphas - radius), jnp.max(alphas + radius)))
+  finite = jnp.all(jnp.isfinite(alphas)) & jnp.all(jnp.isfinite(betas))
+  return jnp.where(finite, (lo + hi) / 2, jnp.nan)
+
+
+def with_kernel(params, name: str, kernel):
+  """params with layer `name`'s kernel replaced."""
+  return {**params, name: {**params[name], "kernel": kernel}}
+
+
+def layer_lambda_max(loss_fn, params, names: tuple[str, ...], steps: int, key,
+                     in_sequence: bool = True):
+  """Per layer in `names`: the largest eigenvalue of H_ii, the Hessian of
+  loss_fn with respect to that layer's kernel alone (every other parameter
+  held), from `steps` Lanczos steps (at most the kernel's size: then exact)
+  from a Rademacher start vector; (len(names),). The layers run one after
+  another, each on a basis of its kernel's size."""
+  out = []
+  for name, k in zip(names, jax.random.split(key, len(names))):
+    kernel = params[name]["kernel"]
+    hvp = tree_hvp(lambda w, name=name: loss_fn(with_kernel(params, name, w)), kernel)
+    alphas, betas, _ = lanczos(hvp, rademacher(k, kernel, kernel.dtype), min(steps, kernel.size),
+                               unbatched=in_sequence)
+    out.append(tridiagonal_lambda_max(alphas, betas))
+  return jnp.stack(out)
+
+
 def spectrum_records(alphas, betas) -> dict:
   """The curvature records derived from the tridiagonals (..., vectors, steps)."""
   nodes, weights = gauss_quadrature(alphas, betas)
@@ -217,7 +280,9 @@ def bytes_per_model(num_params: int, lanczos_steps: int, slq_vectors: int = 1,
   (slq_vectors of them, when the vectors run at once) or, if larger, the
   vector of each of hutchinson_samples run at once, doubled for the forward-
   mode work arrays of its z^T H z (Hutchinson follows SLQ, so the two take
-  turns with the memory)."""
+  turns with the memory). The per-layer Lanczos runs (``layer_lambda_max``)
+  need no more: their bases, lanczos_steps x each kernel's size, sum to at
+  most one basis of all parameters even if they were all held at once."""
   floats = max(lanczos_steps * slq_vectors, 2 * hutchinson_samples) * num_params
   return int(MEMORY_FACTOR * 4 * floats)
 
@@ -250,6 +315,7 @@ class ProbeInputs(struct.PyTreeNode):
   y: jax.Array
   noise_key: Any        # frozen for the whole probe (None without noise)
   vector_key: jax.Array
+  layer_vector_key: jax.Array  # the per-layer Lanczos start vectors
 
 
 def inputs(spec, fns, at) -> ProbeInputs:
@@ -259,13 +325,14 @@ def inputs(spec, fns, at) -> ProbeInputs:
   state = at.state
   return ProbeInputs(state.params, state.batch_stats, at.data.train_x[:b], at.data.train_y[:b],
                      fns.noise_key(state, at.step, keys.CURVATURE_NOISE),
-                     keys.draw_key(state.noise_key, at.step, keys.CURVATURE_VECTORS))
+                     keys.draw_key(state.noise_key, at.step, keys.CURVATURE_VECTORS),
+                     keys.draw_key(state.noise_key, at.step, keys.CURVATURE_LAYER_VECTORS))
 
 
 def records(spec, fns, probe: ProbeInputs):
-  """Lanczos tridiagonals (SLQ), trace and per-layer norms on the probe batch,
-  train mode, noise frozen. The spectrum itself comes from the tridiagonals on
-  the host (``spectrum_records``)."""
+  """Lanczos tridiagonals (SLQ), trace, per-layer norms and per-layer
+  sharpness on the probe batch, train mode, noise frozen. The spectrum itself
+  comes from the tridiagonals on the host (``spectrum_records``)."""
   loss_fn = lambda p: fns.loss(p, probe.batch_stats, probe.x, probe.y, probe.noise_key)[0]
   params = probe.params
   hvp = tree_hvp(loss_fn, params)
@@ -275,8 +342,12 @@ def records(spec, fns, probe: ProbeInputs):
   loss, grads = jax.value_and_grad(loss_fn)(params)
   kernel_norm = lambda tree: jnp.stack([jnp.linalg.norm(tree[name]["kernel"].ravel())
                                         for name in spec.weight_layers])
+  layer_max = layer_lambda_max(loss_fn, params, spec.weight_layers, run.lanczos_steps,
+                               probe.layer_vector_key, in_sequence)
+  weight_norm = kernel_norm(params)
   return {"lanczos_alpha": alphas, "lanczos_beta": betas,
           "hessian_trace": hutchinson_trace(tree_quadratic_form(loss_fn, params), params,
                                             run.hutchinson_samples, k_trace, in_sequence),
           "probe_loss": loss, "probe_grad_norm": kernel_norm(grads),
-          "weight_norm": kernel_norm(params)}
+          "weight_norm": weight_norm, "layer_lambda_max": layer_max,
+          "layer_sharpness_scaled": jnp.square(weight_norm) * layer_max}

@@ -4,7 +4,9 @@ With d = -update / lr, the point at step size eta = c * lr is
 theta - eta * d = theta + c * update, so only the multiples c enter and SGD's
 d is the gradient. Loss variation is max - min over the base point and every
 eta; gradient predictiveness is ||grad L(theta) - grad L(theta - eta d)|| per
-eta; effective beta-smoothness is the largest of those over ||eta d||.
+eta; effective beta-smoothness is the largest of those over ||eta d||. The
+relative measures divide the variation by L(theta) and each gradient
+difference by ||grad L(theta)||, factoring out how far training has got.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ def along_update(loss_and_grad_fn, params, update, base_loss, base_grads,
   losses, grad_diffs = each(at, multiples, in_sequence)
   update_norm = tree_utils.tree_norm(update)
   all_losses = jnp.concatenate([base_loss[None], losses])
+  variation = jnp.max(all_losses) - jnp.min(all_losses)
   return {"landscape_loss": losses,
           "landscape_grad_diff": grad_diffs,
-          "landscape_loss_variation": jnp.max(all_losses) - jnp.min(all_losses),
+          "landscape_loss_variation": variation,
+          "landscape_loss_variation_relative": variation / base_loss,
+          "landscape_grad_diff_relative": grad_diffs / tree_utils.tree_norm(base_grads),
           "landscape_beta_smoothness": jnp.max(grad_diffs / (multiples * update_norm)),
           "landscape_update_norm": update_norm}
 

@@ -45,17 +45,22 @@ KIND = RecordKind(
     },
     dims={**{name: ("slq_vector", "lanczos_step")
              for name in ("slq_nodes", "slq_weights", "lanczos_alpha", "lanczos_beta")},
-          "probe_grad_norm": ("weight_layer",), "weight_norm": ("weight_layer",)},
+          **{name: ("weight_layer",) for name in ("probe_grad_norm", "weight_norm",
+                                                   "layer_lambda_max", "layer_sharpness_scaled")}},
     check=check,
     coords=lambda spec: {
         "weight_layer": (["weight_layer"], list(spec.weight_layers)),
+        "scale_invariant": (["weight_layer"], list(spec.scale_invariant)),
         "slq_vector": (["slq_vector"], list(range(spec.run.slq_vectors))),
         "lanczos_step": (["lanczos_step"], list(range(spec.run.lanczos_steps)))},
     attrs=lambda spec: {
         **PROBE_CONVENTION,
         "curvature_batch": f"the first {spec.run.curvature_batch_size} training examples, "
                            "train mode, noise frozen per probe",
-        "eos_threshold": "2/lr (sgd), (2 + 2 momentum)/lr (momentum); NaN for adam"},
+        "eos_threshold": "2/lr (sgd), (2 + 2 momentum)/lr (momentum); NaN for adam",
+        "layer_lambda_max": "largest Ritz value of the kernel-kernel Hessian block after "
+                            "min(lanczos_steps, kernel size) Lanczos steps; "
+                            "layer_sharpness_scaled = weight_norm^2 * layer_lambda_max"},
     summary=(Column("hessian_lambda_max", "Hessian lambda_max", "last"),),
     finish=lambda rec: curvature.spectrum_records(rec["lanczos_alpha"], rec["lanczos_beta"]),
     model_records=lambda spec, hparams: curvature.optimizer_constants(
