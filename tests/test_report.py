@@ -187,7 +187,7 @@ def test_files_are_written_and_the_html_stands_alone(default_study):
   folder = workdir / "report"
   images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
   assert set(images) == {"curves.png", "lr_sensitivity.png", "percentiles.png", "grad_ics.png",
-                         "ratio_over_time.png"}
+                         "ratio_over_time.png", "propagation.png"}
   for name in images:
     assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   html = (folder / "report.html").read_text(encoding="utf-8")
