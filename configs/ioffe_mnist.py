@@ -10,6 +10,8 @@ Runtime: about 40 s on one H100 (65,727 / 48,602 model-steps/s without / with BN
 9 min on a 2-core CPU (1,140 / 853); benchmarks/study_rate.py --synthetic_data.
 """
 
+import ml_collections
+
 try:  # installed: the configs ship inside the package
   from icsjax.configs import default
 except ImportError:  # a checkout, run from its root
@@ -31,6 +33,7 @@ def get_config():
   c.segment_steps = 5000
   c.ics_every = c.landscape_every = 1000
   c.curvature_every, c.curvature_batch_size = 5000, 1000
+  c.sweep = ml_collections.ConfigDict()  # this config's own grid, not the default's
   c.sweep.norm = ("none", "batchnorm")
   c.sweep.lr = (0.5,)
   # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured

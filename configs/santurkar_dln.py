@@ -11,6 +11,8 @@ model-steps/s without / with BN, benchmarks/study_rate.py); about 35 min on a
 256, scaled to batch 1024).
 """
 
+import ml_collections
+
 try:  # installed: the configs ship inside the package
   from icsjax.configs import default
 except ImportError:  # a checkout, run from its root
@@ -35,6 +37,7 @@ def get_config():
   c.ics_every = c.landscape_every = 500
   c.landscape_lr_multiples = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # the paper's [0.01, 30] x lr
   c.curvature_every, c.curvature_batch_size = 2000, 1024  # the full batch
+  c.sweep = ml_collections.ConfigDict()  # this config's own grid, not the default's
   c.sweep.norm = ("none", "batchnorm")
   c.sweep.lr = (1e-3, 3e-3, 1e-2, 3e-2)
   # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured

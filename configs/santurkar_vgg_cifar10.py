@@ -14,6 +14,8 @@ unnormalised group with benchmarks/study_rate.py --synthetic_data, jax 0.11.2;
 135,000 model-steps in all; first segment with compilation 47 s per group).
 """
 
+import ml_collections
+
 try:  # installed: the configs ship inside the package
   from icsjax.configs import default
 except ImportError:  # a checkout, run from its root
@@ -38,6 +40,7 @@ def get_config():
   c.ics_every = c.landscape_every = 250
   c.curvature_every, c.curvature_batch_size = 1500, 128
   c.eval_batch_chunk = 8
+  c.sweep = ml_collections.ConfigDict()  # this config's own grid, not the default's
   c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")
   c.sweep.lr = (0.1,)
   # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured

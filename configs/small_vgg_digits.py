@@ -7,6 +7,8 @@ Runtime: about 2 min on a 2-core CPU (306 / 293 / 193 model-steps/s for none /
 BN / noisy BN, benchmarks/study_rate.py, jax 0.10.2).
 """
 
+import ml_collections
+
 try:  # installed: the configs ship inside the package
   from icsjax.configs import default
 except ImportError:  # a checkout, run from its root
@@ -20,6 +22,7 @@ def get_config():
   c.width, c.depth = 32, 1
   c.seeds = 3
   c.steps = 2000
+  c.sweep = ml_collections.ConfigDict()  # this config's own grid, not the default's
   c.sweep.norm = ("none", "batchnorm", "noisy_batchnorm")
   c.sweep.lr = (0.1,)
   # test-time evaluation (docs/measurements.md, "Test time"): its runtime here is unmeasured

@@ -18,7 +18,8 @@ from icsjax import summary
 def test_default_study_from_the_command_line(tmp_path):
   workdir = tmp_path / "default"
   cmd = [sys.executable, "-m", "icsjax.main", "--config=configs/default.py",
-         f"--workdir={workdir}", "--config.steps=500", "--config.seeds=2", "--noprogress"]
+         f"--workdir={workdir}", "--config.steps=500", "--config.seeds=2",
+         "--config.sweep.depth=(3,)", "--noprogress"]  # depth 8: tests/test_answers.py
   # Compilation dominates one segment: XLA optimisations off, as in conftest.
   env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
@@ -30,7 +31,8 @@ def test_default_study_from_the_command_line(tmp_path):
   assert f"report: {workdir / 'report' / 'report.md'}" in out.stdout
   assert (workdir / "report" / "report.html").exists()
   groups = store.load(workdir)
-  assert list(groups) == ["norm-none", "norm-batchnorm", "norm-noisy_batchnorm"]
+  assert list(groups) == ["depth-3_norm-none", "depth-3_norm-batchnorm",
+                          "depth-3_norm-noisy_batchnorm"]
   grid = json.loads((workdir / "grid.json").read_text())
   assert grid["num_models"] == 12
   for ds in groups.values():
@@ -51,7 +53,7 @@ def test_default_study_from_the_command_line(tmp_path):
       v = ds[name]
       assert ((v >= 0) & (v <= 1)).where(defined, v == -1.0).all(), name
   # Batch norm learns the digits within 500 steps at lr 0.5 (chance is 0.1).
-  bn = groups["norm-batchnorm"]
+  bn = groups["depth-3_norm-batchnorm"]
   assert float(bn.test_accuracy_eval_mode.isel(eval_step=-1).where(bn.lr == 0.5).max()) > 0.9
   # The printed summary is the one computed from the stored arrays.
   table = summary.format_table(summary.rows(groups, 250))

@@ -275,15 +275,16 @@ MEMORY_FACTOR = 1.5
 
 
 def bytes_per_model(num_params: int, lanczos_steps: int, slq_vectors: int = 1,
-                    hutchinson_samples: int = 0) -> int:
+                    hutchinson_samples: int = 0, layer_lanczos_steps: int = 0) -> int:
   """Memory the probe holds per model, with slack: its Lanczos bases
   (slq_vectors of them, when the vectors run at once) or, if larger, the
   vector of each of hutchinson_samples run at once, doubled for the forward-
   mode work arrays of its z^T H z (Hutchinson follows SLQ, so the two take
-  turns with the memory). The per-layer Lanczos runs (``layer_lambda_max``)
-  need no more: their bases, lanczos_steps x each kernel's size, sum to at
-  most one basis of all parameters even if they were all held at once."""
-  floats = max(lanczos_steps * slq_vectors, 2 * hutchinson_samples) * num_params
+  turns with the memory), or the per-layer Lanczos bases (``layer_lambda_max``):
+  layer_lanczos_steps x each kernel's size, at most one basis of that many
+  steps over all parameters even if they were all held at once."""
+  floats = max(lanczos_steps * slq_vectors, 2 * hutchinson_samples,
+               layer_lanczos_steps) * num_params
   return int(MEMORY_FACTOR * 4 * floats)
 
 
@@ -342,7 +343,7 @@ def records(spec, fns, probe: ProbeInputs):
   loss, grads = jax.value_and_grad(loss_fn)(params)
   kernel_norm = lambda tree: jnp.stack([jnp.linalg.norm(tree[name]["kernel"].ravel())
                                         for name in spec.weight_layers])
-  layer_max = layer_lambda_max(loss_fn, params, spec.weight_layers, run.lanczos_steps,
+  layer_max = layer_lambda_max(loss_fn, params, spec.weight_layers, run.layer_lanczos_steps,
                                probe.layer_vector_key, in_sequence)
   weight_norm = kernel_norm(params)
   return {"lanczos_alpha": alphas, "lanczos_beta": betas,

@@ -33,6 +33,9 @@ KIND = RecordKind(
                                         "first training examples"),
         "lanczos_steps": f.Field("run", f.integer(1), "Lanczos steps per SLQ vector "
                                  "(Hessian-vector products)"),
+        "layer_lanczos_steps": f.Field("run", f.integer(1), "Lanczos steps per weight layer "
+                                       "for its kernel's λ_max (at most the kernel's size is "
+                                       "used)"),
         "slq_vectors": f.Field("run", f.integer(1),
                                "random start vectors of the spectral density"),
         "hutchinson_samples": f.Field("run", f.integer(1),
@@ -59,7 +62,7 @@ KIND = RecordKind(
                            "train mode, noise frozen per probe",
         "eos_threshold": "2/lr (sgd), (2 + 2 momentum)/lr (momentum); NaN for adam",
         "layer_lambda_max": "largest Ritz value of the kernel-kernel Hessian block after "
-                            "min(lanczos_steps, kernel size) Lanczos steps; "
+                            "min(layer_lanczos_steps, kernel size) Lanczos steps; "
                             "layer_sharpness_scaled = weight_norm^2 * layer_lambda_max"},
     summary=(Column("hessian_lambda_max", "Hessian lambda_max", "last"),),
     finish=lambda rec: curvature.spectrum_records(rec["lanczos_alpha"], rec["lanczos_beta"]),
@@ -68,5 +71,5 @@ KIND = RecordKind(
     per_device_inputs=curvature.inputs,
     memory_per_model=lambda spec: curvature.bytes_per_model(
         spec.num_params, spec.run.lanczos_steps, spec.run.slq_vectors,
-        spec.run.hutchinson_samples),
+        spec.run.hutchinson_samples, spec.run.layer_lanczos_steps),
 )
