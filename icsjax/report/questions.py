@@ -162,7 +162,7 @@ def q1(ds, figs, info, primary=()) -> Section:
           (m.GRAD_ICS, "gradient definition (Santurkar et al.)"))
   have, notes = _available([d for d, _ in defs], ds)
   contrasts = fx.baseline_contrasts(ds)
-  effects, details, headline, over_time = [], [], [], ""
+  effects, details, headline, over_time, benefit = [], [], [], "", ""
   why = mechanism(ds)
   lead = [r.Para("**Why shift would matter.** " + " ".join(why))] if why else []
   for v, b in contrasts:
@@ -186,6 +186,8 @@ def q1(ds, figs, info, primary=()) -> Section:
       es = _compare(ds, m.EARLY_LOSS, v, b)
       effects += es
       details.append(say("q1.benefit", es, variant=v, label=m.EARLY_LOSS.label, baseline=b))
+      if v == primary_lib.BATCHNORM:
+        benefit = " " + say("q1.glance_benefit", es)
   if not contrasts:
     headline = [no_baseline(ds)]
   blocks = _body(ds, " ".join(headline), [d for d in details if d], effects, have, notes,
@@ -194,7 +196,7 @@ def q1(ds, figs, info, primary=()) -> Section:
   return Section(1, "Does batch norm reduce internal covariate shift, by either definition?",
                  " ".join(headline), tuple(blocks), tuple(effects),
                  glance(primary, "glance_ics", "gradient-ICS of `batchnorm` over `none`")
-                 + over_time)
+                 + over_time + benefit)
 
 
 def _has_depth(ds) -> bool:
@@ -305,6 +307,12 @@ def q3(ds, figs, info, primary=()) -> Section:
       factor = trainability.propagation_factor(fx.select(ds, v, (("depth", d),)))
       if factor is not None:
         details.append(say("q3.propagation", factor=f"{factor:.2g}", variant=v, depth=d))
+  for d in depths:
+    sat = trainability.saturation_by_variant(fx.select(ds, None, (("depth", d),)))
+    if sat:
+      details.append(say("q3.saturation", depth=d, threshold=ds.attrs.get(
+          "saturation_threshold", "per activation"), fractions="; ".join(
+              f"`{v}` {x:.1%}" for v, x in sat.items())))
   by_metric = {x: fx.compare(ds, x, deep, shallow, level="depth")
                for x in (m.MEDIAN_DRIFT, m.GRAD_ICS) if x in have}
   for v in fx.variants(ds):

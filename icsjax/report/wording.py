@@ -159,6 +159,7 @@ TEMPLATES = {
                             "extra drift is the noise it injects."),
     "q1.benefit": T("Does the benefit follow the shift? `{variant}`'s {label} relative to "
                     "`{baseline}` {phrase}.", "speed"),
+    "q1.glance_benefit": T("Its early training loss relative to `none` {phrase}.", "speed"),
     # --- Q2
     "q2.detail": T("Relative to `{clean}`, the {label} of `{noisy}` {phrase}.", "change"),
     "q2.speed": T("Its {label} {phrase}.", "speed"),
@@ -195,6 +196,8 @@ TEMPLATES = {
     "q3.propagation": T("At initialisation, from the first to the last hidden layer, the "
                         "pre-activation variance across examples changes ×{factor} per layer "
                         "in `{variant}` at depth {depth}."),
+    "q3.saturation": T("At depth {depth}, saturated units ({threshold}), averaged over "
+                       "training and layers: {fractions}."),
     # --- Q4
     "q4.detail": T("Relative to `{baseline}`, `{variant}`'s {label} {phrase}.", "change"),
     "q4.reading": T("{label} {reading}", "short"),
