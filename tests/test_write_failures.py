@@ -1,7 +1,8 @@
 """A run whose workdir cannot be written stops at once, in one line: a
 checkpoints or records directory made unwritable mid-run, a disk that fills
 mid-run, and a filesystem with too little room from the start (refused before
-compute). The earlier checkpoint stays usable, and the same command resumes.
+compute), a summary or report that cannot be written. The earlier checkpoint
+stays usable, and the same command resumes.
 
 Each run is the command line a user types, in a subprocess, on the tiny study
 of tests/test_clean_failures.py. The run stops itself (SIGSTOP, icsjax.faults)
@@ -31,13 +32,11 @@ from icsjax import faults
 from icsjax import runner
 from icsjax import store
 from icsjax import study as study_lib
+from icsjax import summary as summary_lib
 from icsjax import write_errors
 from conftest import tiny_config
-from test_clean_failures import STEPS, TINY, environment, error_lines
-
 # One group of one model, 5 segments of 20 steps, a checkpoint after each.
-TINY = (*TINY, "--config.sweep.depth=(1,)")
-GROUP = "depth-1_norm-batchnorm"
+from test_clean_failures import GROUP, STEPS, TINY, environment, error_lines
 
 AFTER_FIRST_CHECKPOINT = {faults.ENV: "checkpoint_saved:1:STOP"}
 FIRST, SECOND = 20, 40  # the steps of the first two checkpoints (a segment is 20 steps)
@@ -259,3 +258,21 @@ def test_an_os_error_is_named_in_words():
 def _leaves(tree):
   import jax
   return jax.tree_util.tree_leaves(tree)
+
+
+@shared_runs
+def test_a_summary_or_report_that_cannot_be_written_is_one_line(checkpoints_unwritable, tmp_path):
+  """After the run: the report's folder is under a file, and summary.txt a directory."""
+  workdir = checkpoints_unwritable[0]
+  (tmp_path / "a_file").write_text("")
+  out = tmp_path / "a_file" / "report"
+  proc = subprocess.run([sys.executable, "-m", "icsjax.report", str(workdir), f"--out={out}"],
+                        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == write_errors.EXIT_CODE, proc.stderr[-3000:]
+  assert error_lines(proc.stderr) == [f"error: could not write {out}: Not a directory "
+                                      f"(errno ENOTDIR)"], proc.stderr
+  (tmp_path / "summary.txt").mkdir()
+  with pytest.raises(write_errors.WriteFailed, match=f"could not write {tmp_path}/summary.txt: "
+                     "Is a directory"):
+    summary_lib.write(tmp_path, store.load(workdir), eval_every=20)
+  assert not list(tmp_path.glob("*.tmp"))
