@@ -15,21 +15,40 @@ so a kill mid-save leaves no step behind. What a rename cannot catch (a file
 truncated or lost afterwards, metadata deleted) the checksum does: a restore
 that fails or reads different bytes raises ``CorruptCheckpoint``, and
 ``restore_latest`` falls back to the step before.
+
+A save runs in a background thread of icsjax's own (training goes on
+meanwhile), through orbax's synchronous path: a save that cannot write (an
+unwritable directory, a full disk) then raises in that thread at once, where
+orbax's asynchronous path would leave its helper threads waiting out a
+timeout of minutes for a directory that was never created. The failure
+removes the step's temporary directory (a full disk needs the room), is
+handed to ``on_failure`` at once (``icsjax.main`` ends the run with one line)
+and raised as ``write_errors.WriteFailed`` by the next ``save`` or ``wait``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import pathlib
+import shutil
+import sys
+import threading
+import traceback
 from typing import Any, Callable
 
 import numpy as np
 from flax import serialization
 
 from icsjax import faults
+from icsjax import write_errors
 
 CHECKPOINTS = "checkpoints"
 META = "meta"
+# A save that fails raises at once; this bounds only a save that hangs (a stuck
+# filesystem), far above what writing any checkpoint of a study takes.
+WAIT_SECONDS = 600.0
+# What a run waits, when it stops for another reason, for a save in flight to end.
+ABANDON_SECONDS = 5.0
 
 
 class CorruptCheckpoint(Exception):
@@ -60,15 +79,22 @@ class Checkpoints:
 
   keep: how many of the newest steps to keep (0: all). async_save: saves run
   in a background thread while training goes on (the next save waits for it).
+  on_failure: called, from the saving thread, with the WriteFailed of a save
+  that failed, as soon as it fails.
   """
 
-  def __init__(self, workdir, keep: int = 0, async_save: bool = True):
+  def __init__(self, workdir, keep: int = 0, async_save: bool = True,
+               on_failure: Callable[[write_errors.WriteFailed], None] | None = None):
     import orbax.checkpoint as ocp
     self._ocp = ocp
     self.directory = directory(workdir)
+    self.async_save, self.on_failure = async_save, on_failure
+    self._pending: tuple[int, threading.Thread, list] | None = None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep or None, create=True, enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+        max_to_keep=keep or None, create=True, enable_async_checkpointing=False)
+    with write_errors.writing(self.directory):
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
+    _quiet_closed_loop_callbacks()
 
   def steps(self) -> list[int]:
     """Steps whose save completed (orbax lists renamed, finished steps only)."""
@@ -83,8 +109,31 @@ class Checkpoints:
             "checksums": {g: checksum(t) for g, t in trees.items()}}
     args = {g: self._ocp.args.StandardSave(t) for g, t in trees.items()}
     args[META] = self._ocp.args.JsonSave(meta)
-    self.manager.save(int(step), args=self._ocp.args.Composite(**args), force=True)
+    self.wait()  # one save at a time; a failed one raises here
+    failure: list = []
+    thread = threading.Thread(target=self._write, name=f"checkpoint-{step}", daemon=True,
+                              args=(int(step), self._ocp.args.Composite(**args), failure))
+    self._pending = (int(step), thread, failure)
+    thread.start()
     faults.point("checkpoint_save")  # tests kill here, while the save is being written
+    if not self.async_save:
+      self.wait()
+
+  def _write(self, step: int, args, failure: list) -> None:
+    """Saves one step (in the saving thread); a failure goes into `failure`."""
+    try:
+      self.manager.save(step, args=args, force=True)
+      if not (self.directory / str(step)).is_dir():  # the save's outcome, checked
+        raise FileNotFoundError(f"the save left no directory {self.directory / str(step)}")
+    except Exception as e:  # orbax raises OSError, or tensorstore's ValueError quoting one
+      for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+      failure.append(write_errors.WriteFailed(self.directory / str(step), write_errors.reason(e)))
+      failure[0].__cause__ = e
+      if self.on_failure is not None:
+        self.on_failure(failure[0])
+      return
+    faults.point("checkpoint_saved")  # tests stop here, the step complete on disk
 
   def read_meta(self, step: int) -> dict:
     try:  # a damaged step can fail in many ways inside orbax
@@ -155,18 +204,65 @@ class Checkpoints:
       if s > step:
         self.manager.delete(s)
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+  def wait(self, seconds: float = WAIT_SECONDS) -> None:
+    """Waits for the save in flight; raises WriteFailed if it failed, or did not
+    end within `seconds`."""
+    if self._pending is None:
+      return
+    step, thread, failure = self._pending
+    thread.join(seconds)
+    if thread.is_alive():
+      raise write_errors.WriteFailed(self.directory / str(step),
+                                     f"the save did not finish within {seconds:.0f} s")
+    self._pending = None
+    if failure:
+      raise failure[0]
 
   def close(self) -> None:
+    self.wait()
+    self.manager.close()
+
+  def abandon(self, seconds: float = ABANDON_SECONDS) -> None:
+    """For a run that stops for another reason: gives the save in flight
+    `seconds` to end (a failure of it is not raised: the run's own is the
+    news), then closes when nothing is still writing."""
+    try:
+      self.wait(seconds)
+    except write_errors.WriteFailed:
+      if self._pending is not None:
+        return  # still writing, in a daemon thread: the process's end abandons it
     self.manager.close()
 
   # orbax's background machinery must be shut down before the interpreter's.
   def __enter__(self):
     return self
 
-  def __exit__(self, *exc):
-    self.close()
+  def __exit__(self, exc_type, *exc):
+    if exc_type is None:
+      self.close()
+    else:
+      self.abandon()
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """When a save fails, orbax closes the event loop of that save while
+  tensorstore still holds callbacks for the writes it cancels; each one then
+  fails in `call_soon_threadsafe` with 'Event loop is closed', which Python
+  prints as an unraisable exception: a dozen tracebacks that add nothing to
+  the failure the save reports. Those alone are dropped."""
+  previous = sys.unraisablehook
+  if getattr(previous, "icsjax_quiet", False):
+    return
+
+  def hook(unraisable):
+    e, tb = unraisable.exc_value, unraisable.exc_traceback
+    last = traceback.extract_tb(tb)[0].name if tb is not None else ""
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+            and last == "call_soon_threadsafe"):
+      previous(unraisable)
+
+  hook.icsjax_quiet = True
+  sys.unraisablehook = hook
 
 
 def _as_numpy(tree):

@@ -5,6 +5,10 @@ through writing a record file, or while a checkpoint is being saved. With
 ``ICSJAX_KILL_AT=POINT:N`` in the environment, the N-th time (from 1) the run
 reaches ``point(POINT)`` the process gets SIGKILL, which nothing can catch or
 clean up after; ``POINT:N:INT`` sends SIGINT instead (Ctrl-C at that moment).
+``POINT:N:STOP`` stops the process (SIGSTOP) there, for a test to change the
+workdir under it (make a directory unwritable, fill the disk) before it
+sends SIGCONT. ``checkpoint_saved`` is reached in the saving thread once a
+step is complete on disk.
 Unset, a point costs one environment lookup.
 """
 
@@ -12,7 +16,7 @@ import os
 import signal
 
 ENV = "ICSJAX_KILL_AT"
-POINTS = ("record_write", "checkpoint_save", "after_segment")
+POINTS = ("record_write", "checkpoint_save", "checkpoint_saved", "after_segment")
 _reached: dict[str, int] = {}
 
 

@@ -5,8 +5,11 @@
 
 Exit codes (README, "Exit codes"): 0 the study is done; 2 a mistake in the
 command line, the config or the workdir (one line on stderr says which), or
-the workdir is in use by another run; 130 interrupted (Ctrl-C; rerunning the
-same command resumes); 1 anything else, which is a bug (with its traceback).
+the workdir is in use by another run; 3 the workdir could not be written (a
+write failed, or its filesystem has too little free space: one line names the
+path and the OS error; rerunning the same command resumes); 130 interrupted
+(Ctrl-C; rerunning the same command resumes); 1 anything else, which is a bug
+(with its traceback).
 ``--debug`` (or ICSJAX_DEBUG=1) shows the traceback behind a refusal too.
 
 Only light modules are imported at the top, so that a mistake is reported at
@@ -28,9 +31,10 @@ from icsjax import interrupt
 from icsjax import store
 from icsjax import tfds_data
 from icsjax import workdir_lock
+from icsjax import write_errors
 from icsjax.fields import ConfigError
 
-DONE, USER_ERROR, INTERRUPTED = 0, 2, interrupt.EXIT_CODE
+DONE, USER_ERROR, NOT_WRITTEN, INTERRUPTED = 0, 2, write_errors.EXIT_CODE, interrupt.EXIT_CODE
 # What a user can get wrong; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, config_files.CommandLineError, flags.Error, FileExistsError,
                workdir_lock.WorkdirError, tfds_data.DatasetNotPreparedError)
@@ -50,13 +54,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 class QuietLibraries(logging.Filter):
   """Orbax logs each checkpoint save at INFO through absl's logger: some 120
-  lines a segment, which bury the progress bar and the summary. TFDS warns
+  lines a segment, which bury the progress bar and the summary; a save that
+  fails it logs at ERROR with tracebacks from each of its threads, where
+  icsjax reports the failure in one line (--debug shows them). TFDS warns
   about folders it looks in, even when the dataset then turns out not to be
   prepared, which icsjax reports in one line of its own."""
 
+  def __init__(self, debug: bool = False):
+    super().__init__()
+    self.debug = debug
+
   def filter(self, record):
     if "orbax" in record.pathname:
-      return record.levelno >= logging.WARNING
+      return record.levelno >= logging.WARNING and (self.debug or record.levelno < logging.ERROR)
     if "tensorflow_datasets" in record.pathname:
       return record.levelno >= logging.ERROR
     return True
@@ -76,10 +86,12 @@ def main(argv, sweeps=None):
     from icsjax import study as study_lib
     # JAX logs at INFO that it found no TPU; that is not news on a CPU or GPU machine.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    logging.getLogger("absl").addFilter(QuietLibraries())
+    logging.getLogger("absl").addFilter(QuietLibraries(debug_requested(sys.argv)))
     study_lib.validate(FLAGS.config)  # before anything else, JAX's start included
     print(devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices)))
-    runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+    # A checkpoint save fails in a background thread: the run ends there, at once.
+    runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress,
+               on_write_failure=write_errors.exit_at_once)
     if FLAGS.report:
       print(f"report: {report.write(FLAGS.workdir)}")
   return DONE
@@ -128,6 +140,10 @@ def run():
       traceback.print_exc()
     print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
     sys.exit(USER_ERROR)
+  except write_errors.WriteFailed as e:
+    if debug:
+      traceback.print_exc()
+    write_errors.exit_at_once(e)  # not sys.exit: a save in flight may still hold a thread
 
 
 if __name__ == "__main__":

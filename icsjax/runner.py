@@ -22,6 +22,7 @@ from icsjax import study as study_lib
 from icsjax import summary as summary_lib
 from icsjax import train
 from icsjax import workdir_lock
+from icsjax import write_errors
 from icsjax.progress import Progress
 from icsjax.spec import GroupSpec
 from icsjax.state import ModelState
@@ -95,6 +96,47 @@ def host_state(gr: GroupRun) -> ModelState:
   """The group's state on the host, its real models only (what a checkpoint holds)."""
   return jax.tree_util.tree_map(lambda a: np.asarray(a)[:gr.group.size],
                                 jax.device_get(gr.state))
+
+
+def checkpoint_steps(config) -> list[int]:
+  """The steps a run saves a checkpoint at: every checkpoint_segments-th segment's
+  end, and the last step."""
+  seg, every = config.segment_steps, config.checkpoint_segments
+  if not every:
+    return []
+  ends = [(s + 1) * seg for s in range(config.steps // seg)]
+  return [e for i, e in enumerate(ends) if (i + 1) % every == 0 or e == config.steps]
+
+
+def bytes_needed(runs: list[GroupRun], config) -> tuple[int, int]:
+  """(records, checkpoints): bytes of array data the run writes into its workdir,
+  a lower bound of what it needs (file formats add a little). Records: every
+  segment's, whose shapes the segment's trace gives without computing it;
+  checkpoints: one state per group, times the steps kept on disk at once (one
+  more than checkpoint_keep while a new step is written)."""
+  records = state = 0
+  for gr in runs:
+    real = gr.group.size / len(gr.model_seeds)  # the padding models are not written
+    out_state, out = jax.eval_shape(gr.loop.segment, gr.state, gr.hparams, gr.model_seeds,
+                                    gr.data, jnp.int32(0))
+    records += real * sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(out))
+    state += real * sum(a.size * a.dtype.itemsize
+                        for a in jax.tree_util.tree_leaves(out_state))
+  saved = len(checkpoint_steps(config))
+  kept = min(saved, config.checkpoint_keep + 1) if config.checkpoint_keep else saved
+  return int(records * (config.steps // config.segment_steps)), int(state * kept)
+
+
+def check_free_space(runs: list[GroupRun], config, workdir) -> None:
+  """Refuses a run whose workdir's filesystem has less room than `bytes_needed`
+  (less what a resumed run's records and checkpoints already hold)."""
+  records, checkpoints = bytes_needed(runs, config)
+  held = (write_errors.bytes_under(pathlib.Path(workdir) / store.RECORDS)
+          + write_errors.bytes_under(checkpoint_lib.directory(workdir)))
+  write_errors.check_free_space(
+      workdir, max(0, records + checkpoints - held),
+      f"{write_errors.megabytes(records)} of records, {write_errors.megabytes(checkpoints)} "
+      f"of checkpoints")
 
 
 def run_segment(gr: GroupRun, start: int, dispatched: Callable[[], None] = lambda: None
@@ -171,29 +213,39 @@ def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, 
     bar.group_done(config.segment_steps)
 
 
-def run(config, workdir, *, progress: bool = True, log=print) -> dict:
+def run(config, workdir, *, progress: bool = True, log=print,
+        on_write_failure: Callable[[write_errors.WriteFailed], None] | None = None) -> dict:
   """Runs the study of `config` into `workdir`; returns {group: xarray.Dataset}.
 
   Same config, same workdir: resumes from the latest intact checkpoint, and
   the records come out bitwise identical to an uninterrupted run's. The run
   holds the workdir's lock throughout (icsjax.workdir_lock): a second run on
   it raises WorkdirBusy, naming this one.
+
+  A write into the workdir that fails raises write_errors.WriteFailed, naming
+  the path and the OS error; a checkpoint save that fails in the background
+  is also handed to `on_write_failure` at once (icsjax.main ends the run
+  there). A filesystem with less free space than the run's records and
+  checkpoints raises NotEnoughSpace before the workdir is written.
   """
   study = study_lib.expand(config)  # every config error surfaces here, before compute
   with workdir_lock.hold(workdir):
-    return _run_locked(study, workdir, progress, log)
+    return _run_locked(study, workdir, progress, log, on_write_failure)
 
 
-def _run_locked(study: study_lib.Study, workdir, progress: bool, log) -> dict:
+def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
+                on_write_failure) -> dict:
   config = study.config
   store.check_workdir(workdir, config.to_json())  # a different study: refused at once
   loaded = load_data(study)  # data that is not there: refused before the workdir is written
-  status = store.prepare_workdir(workdir, config.to_json(), grid_json(study))
   log(f"study: {len(study.groups)} group(s), {study.num_models} models, "
       f"{config.steps} steps, on {len(jax.local_devices())} {jax.devices()[0].platform} "
       f"device(s)")
   runs = build_group_runs(study, loaded)
-  checkpoints = (checkpoint_lib.Checkpoints(workdir, config.checkpoint_keep)
+  check_free_space(runs, config, workdir)  # too little room: refused before the workdir is written
+  status = store.prepare_workdir(workdir, config.to_json(), grid_json(study))
+  checkpoints = (checkpoint_lib.Checkpoints(workdir, config.checkpoint_keep,
+                                            on_failure=on_write_failure)
                  if config.checkpoint_segments else None)
   fingerprint = checkpoint_lib.fingerprint(config.to_json())
   try:
@@ -209,10 +261,12 @@ def _run_locked(study: study_lib.Study, workdir, progress: bool, log) -> dict:
       if checkpoints is not None and ((seg + 1) % config.checkpoint_segments == 0
                                       or end == config.steps):
         checkpoints.save(end, {gr.group.name: host_state(gr) for gr in runs}, fingerprint)
-  finally:
+  except BaseException:
     if checkpoints is not None:
-      checkpoints.wait()
-      checkpoints.close()
+      checkpoints.abandon()  # a save in flight may end; the run's own error is the news
+    raise
+  if checkpoints is not None:
+    checkpoints.close()  # a last save that failed raises here
   bar.close()
   datasets = store.load(workdir)
   log(summary_lib.write(pathlib.Path(workdir), datasets, config.eval_every))

@@ -18,6 +18,7 @@ variable's time axis (step, record_step, eval_step, ...), as schema.json says.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -29,28 +30,39 @@ from typing import Any
 import numpy as np
 
 from icsjax import faults
+from icsjax import write_errors
 from icsjax.workdir_lock import LOCK_FILE
 
 RECORDS = "records"
 SEGMENT_RE = re.compile(r"segment_(\d{6})\.npz$")
+
+
 def write_atomic(path: pathlib.Path, write, kill_point: str = "") -> None:
   """Calls write(file) on a temporary file, syncs it, then renames it to path.
 
   kill_point names a faults.point reached halfway through the bytes, so tests
-  can kill a run mid-write."""
+  can kill a run mid-write. An OS error (an unwritable directory, a full disk)
+  raises write_errors.WriteFailed naming `path`, after removing the temporary
+  file, which a full disk needs back."""
   tmp = path.with_name(path.name + ".tmp")
   buf = io.BytesIO()
   write(buf)
   data = buf.getbuffer()
-  with open(tmp, "wb") as f:
-    f.write(data[:len(data) // 2])
-    if kill_point:
-      f.flush()
-      faults.point(kill_point)
-    f.write(data[len(data) // 2:])
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with write_errors.writing(path):
+      with open(tmp, "wb") as f:
+        f.write(data[:len(data) // 2])
+        if kill_point:
+          f.flush()
+          faults.point(kill_point)
+        f.write(data[len(data) // 2:])
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+  except write_errors.WriteFailed:
+    with contextlib.suppress(OSError):
+      tmp.unlink()
+    raise
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:
@@ -71,7 +83,8 @@ def group_dir(workdir, group: str) -> pathlib.Path:
 
 def write_schema(workdir, group: str, schema: dict) -> None:
   d = group_dir(workdir, group)
-  d.mkdir(parents=True, exist_ok=True)
+  with write_errors.writing(d):
+    d.mkdir(parents=True, exist_ok=True)
   write_json(d / "schema.json", schema)
 
 
@@ -206,7 +219,8 @@ def prepare_workdir(workdir, config_json: str, grid: dict) -> str:
   """
   status = check_workdir(workdir, config_json)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  with write_errors.writing(workdir):
+    workdir.mkdir(parents=True, exist_ok=True)
   write_atomic(workdir / "config.json", lambda f: f.write(config_json.encode()))
   write_json(workdir / "grid.json", grid)
   write_json(workdir / "versions.json", versions())

@@ -9,6 +9,7 @@ import numpy as np
 
 from icsjax import failure
 from icsjax import records as records_lib
+from icsjax import store
 
 
 def _final(values: np.ndarray, how: str, window: int) -> np.ndarray:
@@ -85,5 +86,5 @@ def format_table(table: list[dict]) -> str:
 def write(workdir: pathlib.Path, datasets: dict, eval_every: int) -> str:
   """Writes WORKDIR/summary.txt; returns its table."""
   table = format_table(rows(datasets, eval_every))
-  (workdir / "summary.txt").write_text(table + "\n")
+  store.write_atomic(workdir / "summary.txt", lambda f: f.write((table + "\n").encode()))
   return table

@@ -31,6 +31,8 @@ import pathlib
 import socket
 import time
 
+from icsjax import write_errors
+
 LOCK_FILE = "run.lock"
 RETRY_SECONDS = 2.0
 _RETRY_EVERY = 0.05
@@ -119,10 +121,11 @@ def hold(workdir, retry_seconds: float = RETRY_SECONDS):
     fd = _open_for_run(workdir)
     try:
       _acquire(fd, workdir, retry_seconds)
+      with write_errors.writing(lock_path(workdir)):  # a full disk fails here first
+        _write_holder(fd)
     except BaseException:
       os.close(fd)
       raise
-    _write_holder(fd)
     _held[key] = [fd, 1, created]
   try:
     yield

@@ -43,9 +43,8 @@ TINY = ("--config=configs/default.py", "--config.width=8", "--config.depth=1",
         "--config.ics_every=0", "--config.landscape_every=0", "--config.curvature_every=0",
         "--config.test_time_every=0", "--config.batch_size=16", "--config.monitor_size=32",
         "--config.tracked_units=(0,3)", "--config.sweep.norm=(batchnorm,)",
-        "--config.sweep.depth=(1,)",
-        "--config.sweep.lr=(0.1,)", "--config.checkpoint_segments=1", "--config.cpu_devices=1",
-        "--report=false")
+        "--config.sweep.lr=(0.1,)", "--config.sweep.depth=(1,)", "--config.checkpoint_segments=1",
+        "--config.cpu_devices=1", "--report=false")
 GROUP = "depth-1_norm-batchnorm"
 LOCK_HOLDER = ("import sys, time; from icsjax import workdir_lock; "
                "held = workdir_lock.hold(sys.argv[1]); held.__enter__(); print('held', flush=True); "

@@ -13,6 +13,9 @@ import pathlib
 
 import xarray as xr
 
+from icsjax import store
+from icsjax import write_errors
+
 from icsjax.report import primary
 from icsjax.report import questions
 from icsjax.report import render as r
@@ -56,7 +59,8 @@ def write(workdir, *, dataset: xr.Dataset | None = None, out=None) -> pathlib.Pa
   from icsjax.report import figures
   workdir = pathlib.Path(workdir)
   folder = pathlib.Path(out) if out is not None else workdir / REPORT_DIR
-  folder.mkdir(parents=True, exist_ok=True)
+  with write_errors.writing(folder):
+    folder.mkdir(parents=True, exist_ok=True)
   ds = analysis.load(workdir) if dataset is None else dataset
   info = study_info.read(workdir)
   info["workdir"] = str(workdir)
@@ -68,8 +72,7 @@ def write(workdir, *, dataset: xr.Dataset | None = None, out=None) -> pathlib.Pa
     if drawn is not None:
       figs[draw.__name__] = drawn
   blocks = build(ds, info, figs)
-  md = folder / "report.md"
-  md.write_text(r.markdown(TITLE, blocks), encoding="utf-8")
-  (folder / "report.html").write_text(r.html_page(TITLE, blocks, folder),
-                                      encoding="utf-8")
+  md, html = folder / "report.md", folder / "report.html"
+  store.write_atomic(md, lambda f: f.write(r.markdown(TITLE, blocks).encode()))
+  store.write_atomic(html, lambda f: f.write(r.html_page(TITLE, blocks, folder).encode()))
   return md

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from icsjax import report
+from icsjax import write_errors
 
 
 def main(argv=None) -> int:
@@ -19,6 +20,9 @@ def main(argv=None) -> int:
   except FileNotFoundError as e:
     print(f"error: {args.workdir} holds no icsjax study ({e})", file=sys.stderr)
     return 2
+  except write_errors.WriteFailed as e:
+    print(f"error: {e}", file=sys.stderr)
+    return write_errors.EXIT_CODE
   print(f"report: {path} (and report.html beside it)")
   return 0
 

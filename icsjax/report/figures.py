@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D  # no pyplot: no global state, Agg by default
 
 from icsjax import records as records_lib
+from icsjax import write_errors
 from icsjax.report import effects as fx
 from icsjax.report import inference as tt
 from icsjax.report import metrics
@@ -97,7 +98,8 @@ def _legend(fig, axes):
 
 
 def _save(fig, folder: pathlib.Path, name: str) -> str:
-  fig.savefig(folder / name)
+  with write_errors.writing(folder / name):
+    fig.savefig(folder / name)
   return name
 
 
