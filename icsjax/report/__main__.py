@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from icsjax import report
+from icsjax import store
 
 
 def main(argv=None) -> int:
@@ -16,6 +17,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     path = report.write(args.workdir, out=args.out)
+  except store.NoRecords as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except FileNotFoundError as e:
     print(f"error: {args.workdir} holds no icsjax study ({e})", file=sys.stderr)
     return 2
