@@ -25,6 +25,7 @@ from icsjax.report import stats
 from icsjax.report import study_info
 import icsjax.report
 
+pytestmark = pytest.mark.xdist_group("partial_study")  # one worker runs the study once
 STEPS, SEGMENT = 40, 20
 SHORT = "norm-batchnorm"
 
@@ -154,3 +155,24 @@ def test_report_of_a_partial_study_says_so(workdirs):
   assert "Groups with no finished segment are left out: norm-batchnorm." in one
   finished = icsjax.report.write(workdirs["full"]).read_text()
   assert "study is partial" not in finished and "40 steps per model" in finished
+
+
+def test_extreme_values_read_as_numbers():
+  from icsjax import summary
+  from icsjax.number_text import number
+  assert summary.mean_std_text(17898507019288830091018998120448.0, 2.1e30) == \
+      "1.79e+31 ± 2.1e+30"
+  assert summary.mean_std_text(0.61234, 0.1) == "0.6123 ± 0.1000"
+  assert summary.mean_std_text(float("inf"), float("nan")) == "diverged"
+  assert summary.mean_std_text(float("nan"), float("nan")) == "n/a"
+  assert summary.mean_std_text(1e200, float("inf")) == "1.00e+200 (spread overflows)"
+  assert number(-3e-6, "+.3f") == "-3.00e-06"  # not "-0.000"
+  assert number(0.0, "+.3f") == "+0.000" and number(123.4567, ".3g") == "123"
+  e = fx.Effect(m.FINAL_ACCURACY, "a vs b", (), stats.Interval(2e7, 1e7, 3e7, 2, 0.01),
+                "difference", 2)
+  assert e.text() == "+2.00e+07 [+1.00e+07, +3.00e+07]"
+  huge = fx.Effect(m.EARLY_LOSS, "a vs b", (), stats.Interval(800.0, 790.0, 810.0, 2, 0.01),
+                   "ratio", 2)
+  assert huge.text() == "×inf [inf, inf]"  # a ratio beyond 1e308: no OverflowError
+  none = fx.Effect(m.EARLY_LOSS, "a vs b", (), stats.Interval(math.nan, math.nan, math.nan, 0), "ratio", 2)
+  assert none.text() == "n/a"

@@ -22,6 +22,7 @@ import xarray as xr
 
 from icsjax import failure
 from icsjax import steps_reached
+from icsjax.number_text import number
 from icsjax.report import stats
 from icsjax.report.metrics import Metric
 
@@ -153,18 +154,21 @@ class Effect:
   def shown(self) -> tuple[float, float, float]:
     """(estimate, low, high) on the scale a reader reads: a ratio or a difference."""
     iv = self.interval
-    f = math.exp if self.scale == "ratio" else float
-    return tuple(f(x) if math.isfinite(x) else math.nan for x in (iv.mean, iv.low, iv.high))
+    with np.errstate(over="ignore"):  # a ratio beyond 1e308 reads inf, not an error
+      f = np.exp if self.scale == "ratio" else float
+      return tuple(float(f(x)) if math.isfinite(x) else math.nan
+                   for x in (iv.mean, iv.low, iv.high))
 
   def text(self) -> str:
+    """'×1.9 [1.2, 3.1]', '+0.012 [-0.004, +0.028]'; extreme values in scientific
+    notation (icsjax.number_text), "n/a" without an estimate."""
     est, low, high = self.shown()
+    if math.isnan(est):
+      return "n/a"
     fmt = self.metric.fmt
-    if self.scale == "ratio":
-      num = f"×{est:{fmt}}"
-      ci = f"[{low:{fmt}}, {high:{fmt}}]"
-    else:
-      num = f"{est:+{fmt}}"
-      ci = f"[{low:+{fmt}}, {high:+{fmt}}]"
+    sign = "" if self.scale == "ratio" else "+"
+    num = ("×" if self.scale == "ratio" else "") + number(est, sign + fmt)
+    ci = f"[{number(low, sign + fmt)}, {number(high, sign + fmt)}]"
     return num if math.isnan(low) else f"{num} {ci}"
 
   def cell_text(self) -> str:
