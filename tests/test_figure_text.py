@@ -7,6 +7,7 @@ and a learning rate so large that every model at it diverges."""
 import itertools
 
 import matplotlib.text
+import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -100,7 +101,8 @@ def test_figure_text_is_inside_and_apart(study, draw, tmp_path, monkeypatch):
 def test_divergence_notes_of_several_variants_stay_apart(study, tmp_path, monkeypatch):
   """Every variant diverging at the same learning rate: one note each, none on another."""
   huge = study.lr.values > 1
-  every = study.assign(diverged_step=study.diverged_step.where(~huge, 5))
+  every = study.assign(diverged_step=study.diverged_step.copy(
+      data=np.where(huge, 5, study.diverged_step.values)))
   saved = []
   save = figures._save
   monkeypatch.setattr(figures, "_save", lambda fig, folder, name: saved.append(fig) or
