@@ -128,6 +128,28 @@ def truncate(workdir, group: str, keep_segments: int) -> None:
     p.unlink()
 
 
+class NoRecords(FileNotFoundError):
+  """A workdir with no finished segment to read (or no study at all)."""
+
+
+def started_groups(workdir) -> list[str]:
+  """The groups of a workdir's study with at least one finished segment, in grid order.
+  Raises NoRecords, in one line, when the workdir holds no study or no group has one."""
+  workdir = pathlib.Path(workdir)
+  grid_path = workdir / "grid.json"
+  if not grid_path.exists():
+    raise NoRecords(f"{workdir} holds no icsjax study (no grid.json): "
+                    f"the --workdir of a `python -m icsjax.main` run")
+  names = [g["name"] for g in read_json(grid_path)["groups"]]
+  started = [g for g in names if segment_paths(workdir, g)]
+  if not started:
+    seg = read_json(workdir / "config.json").get("segment_steps", "?")
+    raise NoRecords(f"{workdir} holds no finished segment yet: its run stopped (or is still "
+                    f"running) before step {seg}, the end of the first segment; rerun its "
+                    f"command to resume it")
+  return started
+
+
 def read_json(path) -> Any:
   with open(path) as f:
     return json.load(f)

@@ -3,13 +3,18 @@ trained (icsjax.failure); a cell none of whose seeds trained says why."""
 
 from __future__ import annotations
 
+import math
 import pathlib
+import textwrap
 
 import numpy as np
 
 from icsjax import failure
 from icsjax import records as records_lib
 from icsjax import store
+from icsjax.number_text import number
+
+NOTE_WIDTH = 100  # the footnote wraps: a report shows the table in a fixed-width box
 
 
 def _final(values: np.ndarray, how: str, window: int) -> np.ndarray:
@@ -65,8 +70,7 @@ def format_table(table: list[dict]) -> str:
         str(r["seeds"]), str(r["diverged"]), str(r["failed"])]
     for h in metric_keys:
       m, s = r.get(h, (np.nan, np.nan))
-      cells.append("n/a" if h not in r else r["every_seed"] or
-                   ("n/a" if np.isnan(m) else f"{m:.4f} ± {s:.4f}"))
+      cells.append("n/a" if h not in r else r["every_seed"] or mean_std_text(m, s))
     body.append(cells)
   widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
   line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
@@ -80,7 +84,19 @@ def format_table(table: list[dict]) -> str:
           "and beta-smoothness are means over probe steps (grad-ICS over every weight "
           "layer after the first), lambda_max the last probe")
   return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in body]
-                   + [note])
+                   + [textwrap.fill(note, NOTE_WIDTH)])
+
+
+def mean_std_text(mean: float, std: float) -> str:
+  """'0.1234 ± 0.0056', '1.79e+31 ± 2.1e+30'; "diverged" for an infinite mean, "n/a"
+  for none, and the mean alone where the spread overflows."""
+  if math.isnan(mean):
+    return "n/a"
+  if math.isinf(mean):
+    return "diverged"
+  if not math.isfinite(std):
+    return f"{number(mean)} (spread overflows)"
+  return f"{number(mean)} ± {number(std, digits=2)}"
 
 
 def write(workdir: pathlib.Path, datasets: dict, eval_every: int) -> str:

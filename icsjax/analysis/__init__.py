@@ -9,9 +9,15 @@ seed=..., lr=...)`` gives one model back from a checkpoint, ready to apply.
 
 from __future__ import annotations
 
+import pathlib
+
+import numpy as np
 import xarray as xr
 
+from icsjax import records as records_lib
+from icsjax import steps_reached
 from icsjax import store
+from icsjax.store import NoRecords  # noqa: F401  (the API: a workdir with nothing to read)
 from icsjax.analysis.saved_models import SavedModel, load_model  # noqa: F401  (the API)
 
 # Per-group coordinates along `layer` or `weight_layer` that differ between
@@ -32,10 +38,26 @@ def load(workdir) -> xr.Dataset:
   is kept as ``model_id`` and the group name as ``group``. Variables a group
   lacks (running statistics without batch norm, a layer a shallower group
   does not have) read NaN there.
+
+  A study whose run stopped early (or is still running) is partial: the
+  coordinate ``steps_done`` (model) says the last step each model's records
+  reach, attributes ``steps_planned`` and ``partial`` compare them with the
+  config, and a group with no finished segment yet is there with
+  ``steps_done`` 0 and no records (icsjax.steps_reached). A workdir with no
+  finished segment at all raises NoRecords.
   """
-  parts = []
-  for name, ds in store.load(workdir).items():
+  workdir = pathlib.Path(workdir)
+  started = store.started_groups(workdir)
+  grid = store.read_json(workdir / "grid.json")
+  planned = store.read_json(workdir / "config.json")["steps"]
+  parts, done = [], []
+  for g in grid["groups"]:
+    name = g["name"]
+    ds = store.load_group(workdir, name) if name in started else _not_started(g)
     n = ds.sizes["model"]
+    steps = ds[records_lib.PER_STEP_AXIS].values if records_lib.PER_STEP_AXIS in ds.coords \
+        else []
+    done += [int(np.max(steps)) if len(steps) else 0] * n
     ds = ds.assign_coords(model_id=("model", ds.model.values), group=("model", [name] * n))
     for coord in PER_GROUP_LAYER_COORDS:
       if coord in ds.coords:
@@ -47,4 +69,12 @@ def load(workdir) -> xr.Dataset:
   merged = xr.concat(parts, dim="model", join="outer", data_vars="all", coords="different",
                      compat="equals", combine_attrs="drop_conflicts")
   index_levels = [k for k in labels if k not in ("model_id", "group")]
+  merged = steps_reached.annotate(merged, done, planned)
   return merged.drop_vars("model").set_index(model=index_levels)
+
+
+def _not_started(group: dict) -> xr.Dataset:
+  """A group with no finished segment: its models and labels, no records."""
+  coords = {"model": np.asarray(group["model_ids"])}
+  coords.update({k: ("model", np.asarray(v)) for k, v in group["coords"].items()})
+  return xr.Dataset(coords=coords)

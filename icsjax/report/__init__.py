@@ -64,6 +64,8 @@ def write(workdir, *, dataset: xr.Dataset | None = None, out=None) -> pathlib.Pa
   ds = analysis.load(workdir) if dataset is None else dataset
   info = study_info.read(workdir)
   info["workdir"] = str(workdir)
+  info["partial"] = study_info.progress(ds)
+  ds = study_info.readable_part(ds)
   summary = workdir / "summary.txt"
   info["summary"] = summary.read_text() if summary.exists() else ""
   figs = {}

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from icsjax import report
+from icsjax import store
 from icsjax import write_errors
 
 
@@ -17,6 +18,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     path = report.write(args.workdir, out=args.out)
+  except store.NoRecords as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except FileNotFoundError as e:
     print(f"error: {args.workdir} holds no icsjax study ({e})", file=sys.stderr)
     return 2

@@ -5,6 +5,10 @@ A contrast pairs models whose labels agree on everything but one level
 (a log-ratio for ratio metrics), and gives a t interval for every combination
 of the remaining labels (a "cell", e.g. one per learning rate): nothing is
 pooled across learning rates or other swept values.
+
+In a partial study (a run that stopped early; icsjax.steps_reached) every
+effect reads its models over the steps all of the models it compares
+reached: a time average over those steps, a final value at the last of them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import pandas as pd
 import xarray as xr
 
 from icsjax import failure
+from icsjax import steps_reached
+from icsjax.number_text import number
 from icsjax.report import stats
 from icsjax.report.metrics import Metric
 
@@ -71,6 +77,20 @@ def select(ds: xr.Dataset, variant: str | None, cell) -> xr.Dataset:
   for k, v in cell:
     mask &= ds[k].values == v
   return ds.isel(model=np.flatnonzero(mask))
+
+
+def _labelled(ds: xr.Dataset, labels: dict) -> np.ndarray:
+  """Mask of the models whose labels equal `labels` ({level: value or values})."""
+  mask = np.ones(ds.sizes["model"], bool)
+  for k, v in labels.items():
+    mask &= np.isin(ds[k].values, v if isinstance(v, (list, tuple)) else [v])
+  return mask
+
+
+def common_steps(ds: xr.Dataset, **labels) -> xr.Dataset:
+  """`ds` over the steps every model labelled `labels` reached (all of `ds` unless
+  the study is partial)."""
+  return steps_reached.on_common_steps(ds, _labelled(ds, labels))
 
 
 def per_model(metric: Metric, ds: xr.Dataset) -> pd.Series:
@@ -134,18 +154,21 @@ class Effect:
   def shown(self) -> tuple[float, float, float]:
     """(estimate, low, high) on the scale a reader reads: a ratio or a difference."""
     iv = self.interval
-    f = math.exp if self.scale == "ratio" else float
-    return tuple(f(x) if math.isfinite(x) else math.nan for x in (iv.mean, iv.low, iv.high))
+    with np.errstate(over="ignore"):  # a ratio beyond 1e308 reads inf, not an error
+      f = np.exp if self.scale == "ratio" else float
+      return tuple(float(f(x)) if math.isfinite(x) else math.nan
+                   for x in (iv.mean, iv.low, iv.high))
 
   def text(self) -> str:
+    """'×1.9 [1.2, 3.1]', '+0.012 [-0.004, +0.028]'; extreme values in scientific
+    notation (icsjax.number_text), "n/a" without an estimate."""
     est, low, high = self.shown()
+    if math.isnan(est):
+      return "n/a"
     fmt = self.metric.fmt
-    if self.scale == "ratio":
-      num = f"×{est:{fmt}}"
-      ci = f"[{low:{fmt}}, {high:{fmt}}]"
-    else:
-      num = f"{est:+{fmt}}"
-      ci = f"[{low:+{fmt}}, {high:+{fmt}}]"
+    sign = "" if self.scale == "ratio" else "+"
+    num = ("×" if self.scale == "ratio" else "") + number(est, sign + fmt)
+    ci = f"[{number(low, sign + fmt)}, {number(high, sign + fmt)}]"
     return num if math.isnan(low) else f"{num} {ci}"
 
   def cell_text(self) -> str:
@@ -185,6 +208,7 @@ def compare(ds: xr.Dataset, metric: Metric, a: str, b: str,
             level: str = VARIANT) -> list[Effect]:
   """Metric at level=a versus level=b, paired over seeds, one Effect per cell."""
   log = metric.scale == "ratio"
+  ds = common_steps(ds, **{level: [a, b]})
   diff = paired(per_model(metric, ds), level, a, b, log)
   if level == VARIANT:
     return effects(diff, metric, f"{a} vs {b}", metric.scale)
@@ -205,6 +229,7 @@ def compare_across(ds: xr.Dataset, metric: Metric, a: dict, b: dict) -> list[Eff
   """Models labelled `a` against models labelled `b` (e.g. batch norm at the default
   initialisation against no norm at another), paired by seed index and the labels
   neither names, one Effect per cell of those labels."""
+  ds = steps_reached.on_common_steps(ds, _labelled(ds, a) | _labelled(ds, b))
   values = per_model(metric, ds)
   left, right = _rows(values, a), _rows(values, b)
   both = left.index.intersection(right.index)
@@ -219,7 +244,7 @@ def compare_across(ds: xr.Dataset, metric: Metric, a: dict, b: dict) -> list[Eff
 
 def within(ds: xr.Dataset, metric: Metric, variant: str) -> list[Effect]:
   """A metric that is itself a difference within each model (one sample per seed)."""
-  values = per_model(metric, ds)
+  values = per_model(metric, common_steps(ds, **{VARIANT: variant}))
   part = values.xs(variant, level=VARIANT)
   return effects(part, metric, variant, "difference")
 
@@ -230,6 +255,7 @@ def depth_interaction(ds: xr.Dataset, metric: Metric, a: str, b: str, deep, shal
   the deepest models minus that at the shallowest (a ratio of ratios for ratio
   metrics)."""
   log = metric.scale == "ratio"
+  ds = common_steps(ds, **{VARIANT: [a, b], level: [deep, shallow]})
   per_depth = paired(per_model(metric, ds), VARIANT, a, b, log)
   diff = paired(per_depth, level, deep, shallow, log=False)
   return effects(diff, metric, f"({a} vs {b}) at {level} {deep} vs {shallow}", metric.scale)
@@ -243,8 +269,9 @@ def seed_counts(ds: xr.Dataset) -> int:
 
 
 def per_variant_summary(ds: xr.Dataset, metric: Metric) -> pd.DataFrame:
-  """Mean, t interval and seed count of a metric per variant and cell (not paired)."""
-  values = per_model(metric, ds)
+  """Mean, t interval and seed count of a metric per variant and cell (not paired; read
+  over the steps every model reached, as the variants are set side by side)."""
+  values = per_model(metric, steps_reached.on_common_steps(ds))
   keys = [VARIANT] + cell_levels(ds)
   rows = []
   for key, part in values.groupby(level=keys, sort=False):

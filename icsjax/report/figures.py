@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import textwrap
 import warnings
 
 import numpy as np
@@ -130,6 +131,17 @@ def curves(ds, folder):
   return _save(fig, folder, "curves.png"), caption
 
 
+def _stacked_notes(ax, notes, width: int = 34, size: float = 8):
+  """(text, colour) notes one above the other at the lower left, inside the axes:
+  wherever the points lie, notes never run into each other or off the figure."""
+  up = 0.0  # points above the corner
+  for text, colour in notes:
+    text = textwrap.fill(text, width)
+    ax.annotate(text, (0.02, 0.02), xycoords="axes fraction", xytext=(0, up),
+                textcoords="offset points", fontsize=size, color=colour, va="bottom")
+    up += 1.3 * size * (text.count("\n") + 1)
+
+
 def lr_sensitivity(ds, folder):
   """Final test accuracy against the learning rate, with 95% t intervals over seeds."""
   if "lr" not in fx.label_levels(ds) or len(fx.level_values(ds, "lr")) < 2 or \
@@ -139,8 +151,9 @@ def lr_sensitivity(ds, folder):
   fig, axes = _grid(1, len(cs))
   for j, cell in enumerate(cs):
     ax = axes[0, j]
+    notes = []
     for i, v in enumerate(vs):
-      xs, ys, err, notes = [], [], [], []
+      xs, ys, err, diverged = [], [], [], []
       for lr in fx.level_values(ds, "lr"):
         sel = fx.select(ds, v, cell + (("lr", lr),))
         iv = stats.t_interval(metrics.FINAL_ACCURACY.compute(sel).values)
@@ -149,11 +162,12 @@ def lr_sensitivity(ds, folder):
         ys.append(iv.mean)
         err.append(iv.mean - iv.low if math.isfinite(iv.low) else 0.0)
         k = fx.diverged(sel)
-        notes.append(f"{k}/{sel.sizes['model']} diverged" if k else "")
+        if k:
+          diverged.append(f"{k}/{sel.sizes['model']} at {lr:g}")
       ax.errorbar(xs, ys, yerr=err, color=col[v], marker="o", capsize=3, label=v)
-      for x, y, note in zip(xs, ys, notes):
-        if note:
-          ax.annotate(note, (x, y if math.isfinite(y) else 0.1), fontsize=8, color=col[v])
+      if diverged:
+        notes.append((f"{v} diverged: {', '.join(diverged)}", col[v]))
+    _stacked_notes(ax, notes)
     ax.set_xscale("log")
     ax.set_xticks(fx.level_values(ds, "lr"))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
 import xarray as xr
 
 from icsjax import records as records_lib
+from icsjax import steps_reached
 from icsjax import store
 from icsjax import workdir_lock
 from icsjax.report import effects as fx
@@ -57,6 +59,37 @@ def live_run(workdir, info: dict) -> dict | None:
   return {"holder": holder, "step": segments * info["config"].get("segment_steps", 0)}
 
 
+def progress(ds: xr.Dataset) -> dict | None:
+  """None for a study whose every model reached its planned steps; for a partial one
+  (analysis.load; icsjax.steps_reached): {"planned": steps, "reached": which groups
+  reached which step, "common": the last step every model with records reached,
+  "not_started": groups with no finished segment}."""
+  if not ds.attrs.get(steps_reached.PARTIAL):
+    return None
+  done = ds[steps_reached.STEPS_DONE].values
+  groups = ds["group"].values if "group" in ds.coords else np.full(done.shape, "?")
+  return {"planned": ds.attrs.get(steps_reached.STEPS_PLANNED),
+          "reached": steps_reached.reached_text(ds),
+          "common": int(done[done > 0].min()),
+          "not_started": list(dict.fromkeys(groups[done == 0].tolist()))}
+
+
+def readable_part(ds: xr.Dataset) -> xr.Dataset:
+  """What a report of a partial study reads: the models with records, over the steps
+  all of them reached (`progress` says which); `ds` itself for a complete study."""
+  if not ds.attrs.get(steps_reached.PARTIAL):
+    return ds
+  started = ds.isel(model=np.flatnonzero(ds[steps_reached.STEPS_DONE].values > 0))
+  return steps_reached.on_common_steps(started)
+
+
+def _steps_text(cfg: dict, partial: dict | None) -> str:
+  if partial is None:
+    return f"{cfg.get('steps', '?')} steps per model"
+  return (f"{partial['planned']} steps planned per model, of which this partial study "
+          f"reached: {partial['reached']}; read here up to step {partial['common']}")
+
+
 def static_values(info: dict, field: str) -> list:
   """The values a static field takes over the groups (a swept one has several)."""
   groups = info["grid"].get("groups", [])
@@ -100,7 +133,7 @@ def blocks(ds: xr.Dataset, info: dict) -> list:
       f"{_joined(info, 'width')}, activation `{_joined(info, 'activation')}`; variants "
       f"(norm kinds): {', '.join(f'`{v}`' for v in fx.variants(ds))}.",
       f"**Training:** optimizer `{_joined(info, 'optimizer')}`, batch size "
-      f"{_joined(info, 'batch_size')}, {cfg.get('steps', '?')} steps per model; swept: "
+      f"{_joined(info, 'batch_size')}, {_steps_text(cfg, info.get('partial'))}; swept: "
       f"{_swept(ds)}.",
       f"**Models:** {ds.sizes['model']} ({seeds} seed indices x "
       f"{ds.sizes['model'] // max(seeds, 1)} labelled settings) in "
@@ -133,9 +166,18 @@ def warnings(ds: xr.Dataset, info: dict) -> list:
         f"this study is in progress, at step {live['step']} of {cfg.get('steps', '?')}: a run "
         f"is writing its workdir ({workdir_lock.holder_text(live['holder'])}). This report "
         f"reads the records written so far."))
+  partial = info.get("partial")
+  if partial:
+    left_out = (f" Groups with no finished segment are left out: "
+                f"{', '.join(partial['not_started'])}." if partial["not_started"] else "")
+    out.append(r.Note(
+        f"this study is partial: of the {partial['planned']} steps planned, the groups "
+        f"reached: {partial['reached']}. Every figure, table and effect below reads the steps "
+        f"up to {partial['common']}, the last that every model with records reached (a "
+        f"time average over those steps, a final value at the last of them).{left_out}"))
   if is_smoke_scale(info):
     out.append(r.Note(
-        f"this is a smoke-scale study ({_data(info)}; {cfg.get('steps', '?')} steps per model). "
+        f"this is a smoke-scale study ({_data(info)}; {_steps_text(cfg, partial)}). "
         "Its numbers show what the tool measures on this setup; they are not the papers' "
         "experiments (Ioffe & Szegedy 2015: MNIST, 50,000 steps; Santurkar et al. 2018: "
         "CIFAR-10, 15,000 steps) and do not reproduce or refute them."))

@@ -6,6 +6,7 @@ import math
 
 import xarray as xr
 
+from icsjax.number_text import number
 from icsjax.report import effects as fx
 from icsjax.report import render as r
 
@@ -31,12 +32,27 @@ def variant_table(ds: xr.Dataset, metrics) -> r.Table:
   rows = []
   for i in range(len(frames[0][1])):
     row = [fx.value_text(frames[0][1].iloc[i][k]) for k in keys]
+    cell = tuple((k, frames[0][1].iloc[i][k]) for k in keys[1:])
     for metric, frame in frames:
       s = frame.iloc[i]
-      ci = "" if math.isnan(s.low) else f" [{s.low:{metric.fmt}}, {s.high:{metric.fmt}}]"
-      row.append(f"{s['mean']:{metric.fmt}}{ci}")
+      if math.isnan(s["mean"]):
+        row.append(_no_value(fx.select(ds, s[fx.VARIANT], cell)))
+        continue
+      ci = "" if math.isnan(s.low) else \
+          f" [{number(s.low, metric.fmt)}, {number(s.high, metric.fmt)}]"
+      row.append(f"{number(s['mean'], metric.fmt)}{ci}")
     rows.append(tuple(row))
   return r.Table(tuple(keys) + tuple(metric.label for metric, _ in frames), tuple(rows))
+
+
+def _no_value(part: xr.Dataset) -> str:
+  """Why a variant and cell has no mean: every model diverged, or failed, or neither."""
+  n = part.sizes["model"]
+  if n and fx.diverged(part) == n:
+    return "diverged"
+  if n and fx.failed(part) == n:
+    return "failed"
+  return "n/a"
 
 
 def definitions(metrics) -> r.Bullets:
