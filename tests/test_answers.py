@@ -13,7 +13,11 @@ import pytest
 from icsjax import analysis
 from icsjax import report
 from icsjax.report import effects as fx
+from icsjax.report import figures
 from icsjax.report import study_info
+
+# One worker runs the smoke study once and reads it in every test (pytest -n).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("default_smoke")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,6 +59,20 @@ def test_the_default_study_answers_every_question(default_smoke):
                        "Only partly answered"):
       assert unanswered not in s.glance, (s.number, s.glance)
   assert all(any(e.primary for e in s.effects) for s in secs)
+
+
+@pytest.mark.parametrize("draw", figures.ALL, ids=lambda f: f.__name__)
+def test_the_figures_of_a_depth_sweep_keep_their_text_apart(default_smoke, draw, tmp_path,
+                                                           monkeypatch):
+  from test_figure_text import text_problems
+  saved = []
+  save = figures._save
+  monkeypatch.setattr(figures, "_save", lambda fig, folder, name: saved.append(fig) or
+                      save(fig, folder, name))
+  if draw(analysis.load(default_smoke), tmp_path) is None:
+    pytest.skip(f"{draw.__name__}: not drawn for one learning rate")
+  (fig,) = saved
+  assert text_problems(fig) == []
 
 
 def test_the_deep_network_without_a_norm_fails_and_question_3_says_so(default_smoke):
