@@ -62,7 +62,7 @@ def get_config():
   # the loop
   c.seeds = 5
   c.base_seed = 0
-  c.steps = 3000
+  c.steps = 2000  # 3000 before the depth axis; phases: early t <= 500, late t > 1000
   c.scan_length = 50
   c.record_every = 100
   c.eval_every = 250
