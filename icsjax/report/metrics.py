@@ -56,13 +56,15 @@ class SeriesMean:
   time: str
   window: Window | None = None
 
-  def _in_window(self, ds: xr.Dataset) -> xr.DataArray:
-    return self.window.mask(ds[self.time], last_step(ds, self.time))
+  def _in_window(self, ds: xr.Dataset, t: xr.DataArray) -> xr.DataArray:
+    """The window over `t`, the series' own steps (it may leave some of the axis out,
+    e.g. step 0)."""
+    return self.window.mask(t, last_step(ds, self.time))
 
   def steps(self, ds: xr.Dataset) -> xr.DataArray:
-    """The steps of the time axis inside the window."""
-    t = ds[self.time]
-    return t if self.window is None else t.sel({self.time: self._in_window(ds)})
+    """The steps of the series inside the window."""
+    t = self.series(ds)[self.time]
+    return t if self.window is None else t.sel({self.time: self._in_window(ds, t)})
 
   def per_step(self, ds: xr.Dataset) -> xr.DataArray:
     """(model, time): the series at every step of its axis (window ignored), averaged
@@ -74,7 +76,7 @@ class SeriesMean:
   def __call__(self, ds: xr.Dataset) -> xr.DataArray:
     s = self.series(ds)
     if self.window is not None:
-      s = s.sel({self.time: self._in_window(ds)})
+      s = s.sel({self.time: self._in_window(ds, s[self.time])})
     return s.mean([d for d in s.dims if d != "model"], skipna=False)
 
 
