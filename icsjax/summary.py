@@ -49,7 +49,8 @@ def rows(datasets: dict, eval_every: int) -> list[dict]:
         if c.variable in ds:
           # float64: a trained model's large loss squared must not overflow into "± inf"
           v = _final(ds[c.variable].values[sel].astype(np.float64), c.reduce, eval_every)
-          v = np.where(failed[sel], np.nan, v)
+          # a "last" column of a per-layer record keeps its layer axis: mask whole models
+          v = np.where(failed[sel].reshape((-1,) + (1,) * (v.ndim - 1)), np.nan, v)
           row[c.header] = (float(np.nanmean(v)) if np.isfinite(v).any() else np.nan,
                            float(np.nanstd(v)) if np.isfinite(v).any() else np.nan)
       out.append(row)

@@ -33,16 +33,37 @@ KERNEL_NORMS = RecordKind(
 )
 
 
-@pytest.fixture
-def registered(monkeypatch):
-  """What adding records/kernel_norms.py and a line in KINDS does at import."""
-  kinds = records_lib.KINDS + (KERNEL_NORMS,)
+def register(monkeypatch, kind):
+  """What adding records/<kind>.py and a line in KINDS does at import."""
+  kinds = records_lib.KINDS + (kind,)
   monkeypatch.setattr(records_lib, "KINDS", kinds)
   monkeypatch.setattr(records_lib, "BY_NAME", {k.name: k for k in kinds})
   fields = {**study.CORE_FIELDS, **records_lib.fields()}
   monkeypatch.setattr(study, "FIELDS", fields)
   monkeypatch.setattr(study, "RUN_FIELDS", tuple(k for k, v in fields.items()
                                                  if v.role == "run"))
+
+
+@pytest.fixture
+def registered(monkeypatch):
+  register(monkeypatch, KERNEL_NORMS)
+
+
+def check_kernel_norms(ds, workdir):
+  """The records of a kernel_norms kind (every 10 steps of tiny_config(steps=20))
+  are what they say: the final kernels' norms, from the checkpoint."""
+  assert ds.kernel_norm.dims == ("model", "kernel_norms_step", "weight_layer")
+  assert list(ds.kernel_norms_step.values) == [10, 20]
+  assert list(ds.weight_layer.values) == ["dense_0", "dense_1", "dense_out"]
+  assert ds.attrs["kernel_norms"] == "the Frobenius norm of each layer's kernel"
+  from icsjax import analysis
+  for m, lr in enumerate(ds.lr.values):
+    model = analysis.load_model(workdir, variant="batchnorm", seed=int(ds.seed[m]),
+                                lr=float(lr))
+    want = [np.linalg.norm(np.asarray(model.variables["params"][n]["kernel"]))
+            for n in ("dense_0", "dense_1", "dense_out")]
+    np.testing.assert_allclose(ds.kernel_norm.values[m, -1], want, rtol=1e-6)
+  assert "kernel norm" in (workdir / "summary.txt").read_text()
 
 
 def test_a_registered_kind_is_validated_computed_stored_loaded_and_summarised(
@@ -54,19 +75,7 @@ def test_a_registered_kind_is_validated_computed_stored_loaded_and_summarised(
     study.validate(c)
   c.kernel_norms_every = 10
   (ds,) = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None).values()
-  assert ds.kernel_norm.dims == ("model", "kernel_norms_step", "weight_layer")
-  assert list(ds.kernel_norms_step.values) == [10, 20]
-  assert list(ds.weight_layer.values) == ["dense_0", "dense_1", "dense_out"]
-  assert ds.attrs["kernel_norms"] == "the Frobenius norm of each layer's kernel"
-  # The records are what they say: the final kernels' norms, from the checkpoint.
-  from icsjax import analysis
-  for m, lr in enumerate(ds.lr.values):
-    model = analysis.load_model(tmp_path / "w", variant="batchnorm", seed=int(ds.seed[m]),
-                                lr=float(lr))
-    want = [np.linalg.norm(np.asarray(model.variables["params"][n]["kernel"]))
-            for n in ("dense_0", "dense_1", "dense_out")]
-    np.testing.assert_allclose(ds.kernel_norm.values[m, -1], want, rtol=1e-6)
-  assert "kernel norm" in (tmp_path / "w" / "summary.txt").read_text()
+  check_kernel_norms(ds, tmp_path / "w")
 
 
 def test_every_kind_declares_a_cadence_field_and_dims_of_its_own():
