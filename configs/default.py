@@ -1,16 +1,18 @@
 """Default study: Ioffe & Szegedy's MLP on the embedded digits data, CPU, a few minutes.
 
 Three norm variants (none, batchnorm, noisy batchnorm) x two learning rates x
-five seeds, trained side by side with batch-statistic records.
+two depths (3, the paper's, and 8) x five seeds = 60 models, 2000 steps, with
+batch-statistic records, every probe and the test-time evaluation: enough for
+the report to answer all five of its questions.
 
   python -m icsjax.main --config=configs/default.py --workdir=runs/default
 
-Runtime: 125 s wall on a 2-core CPU with everything on (probes, test time,
-checkpoints, the report; jax 0.10.2, one XLA device per core, fresh venv);
-without probes and test time about 50 s; 30 s on one H100 without probes. The
-test-time evaluation (test_time_every) adds about 15 s: about 3 s of
-compilation per group, and per evaluation 0.20 of a 500-step training segment
-with the probes (0.46 without them; benchmarks/inference_cost.py).
+Runtime: RUNTIME_S s wall on a 2-core CPU with everything on (probes, test time,
+checkpoints, the report; jax 0.10.2, one XLA device per core). The depth axis
+doubled the models, so the steps went from 3000 to 2000 and the curvature
+probe got lighter (a probe batch of 128, 20 Lanczos steps, 5 Hutchinson
+samples); the test-time evaluation costs per evaluation about 0.2 of a
+500-step training segment with the probes (benchmarks/inference_cost.py).
 
 Override any field on the command line, e.g. ``--config.seeds=8`` or
 ``--config.sweep.lr="(0.05,0.1,0.5)"``.
@@ -80,11 +82,11 @@ def get_config():
   c.landscape_every = 250
   c.landscape_lr_multiples = (0.5, 1.0, 2.0, 4.0)  # Santurkar et al. Fig. 4 (VGG): [0.5, 4] x lr
   c.curvature_every = 500
-  c.curvature_batch_size = 256
-  c.lanczos_steps = 30
+  c.curvature_batch_size = 128
+  c.lanczos_steps = 20
   c.layer_lanczos_steps = 10  # per weight layer: within 2e-5 of 300 steps here
   c.slq_vectors = 1
-  c.hutchinson_samples = 10
+  c.hutchinson_samples = 5
   c.probe_memory_mb = 0
   # test time (docs/measurements.md, "Test time"): statistics modes by test batch size, shifted test
   # inputs, BN adaptation (Schneider et al. 2020); test_time_every = 0 switches it off

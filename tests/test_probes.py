@@ -164,7 +164,6 @@ def test_curvature_of_a_train_mode_bn_network_matches_its_dense_hessian(tmp_path
   study = runner.study_lib.expand(c)
   (gr,) = runner.build_group_runs(study)
   assert gr.spec.num_params == 59
-  initial = runner.host_state(gr)
   records = runner.run_segment(gr, 0)
   params = jax.tree_util.tree_map(lambda a: a[0], gr.state.params)
   stats = jax.tree_util.tree_map(lambda a: a[0], gr.state.batch_stats)
@@ -197,13 +196,8 @@ def test_curvature_of_a_train_mode_bn_network_matches_its_dense_hessian(tmp_path
     assert rec["probe_grad_norm"][i] == pytest.approx(np.linalg.norm(g[name]["kernel"]),
                                                       rel=1e-4)
   assert records["model"]["eos_threshold"][0] == pytest.approx(2 / 0.02)
-  # Step 0 probes the initial state.
-  first = lambda tree: jax.tree_util.tree_map(lambda a: a[0], tree)
-  eig0 = np.linalg.eigvalsh(dense_hessian(c, static, first(initial.params),
-                                          first(initial.batch_stats), 0))
-  assert records["curvature"]["hessian_lambda_max"][0, 0] == pytest.approx(
-      eig0[-1], abs=1e-4 * np.abs(eig0).max())
-  assert not np.isclose(eig0[-1], eig[-1])
+  # No step 0: curvature reads training only (records.curvature has no at_init).
+  assert records["curvature"]["hessian_lambda_max"].shape[1] == 2
 
 
 @pytest.mark.slow

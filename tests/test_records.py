@@ -90,11 +90,13 @@ def test_every_kind_declares_a_cadence_field_and_dims_of_its_own():
 
 def test_kinds_at_init_lead_the_first_segment_with_step_0():
   run = study.run_spec(tiny_config(ics_every=10, curvature_every=20))
-  assert [k.name for k in records_lib.at_init(run)] == ["record", "eval", "curvature"]
+  # Not curvature: its metrics read training, and a second compiled copy of the
+  # probe for step 0 cost more compile time than the whole run's steps.
+  assert [k.name for k in records_lib.at_init(run)] == ["record", "eval"]
   first, second = records_lib.time_coords(run, 0), records_lib.time_coords(run, 20)
   assert {k: list(v) for k, v in first.items() if k != "step"} == {
       "record_step": [0, 10, 20], "eval_step": [0, 20], "ics_step": [10, 20],
-      "curvature_step": [0, 20]}
+      "curvature_step": [20]}
   assert list(second["record_step"]) == [30, 40] and list(second["eval_step"]) == [40]
   assert list(first["step"]) == list(range(1, 21))
   initial = {"record": {"v": np.zeros((2, 1, 3))}}

@@ -25,7 +25,7 @@ def check(static, config, sizes, where):
 
 KIND = RecordKind(
     name="curvature", title="curvature (Lanczos, Hutchinson)", cadence="curvature_every",
-    compute=curvature.records, at_init=True,
+    compute=curvature.records,
     fields={
         "curvature_every": f.Field("run", f.integer(0),
                                    "steps between Hessian probes (0: off)"),

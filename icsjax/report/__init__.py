@@ -20,6 +20,7 @@ from icsjax.report import primary
 from icsjax.report import questions
 from icsjax.report import render as r
 from icsjax.report import study_info
+from icsjax.report import trainability
 
 REPORT_DIR = "report"
 TITLE = "icsjax study report"
@@ -40,6 +41,7 @@ def build(ds: xr.Dataset, info: dict, figs: dict) -> list:
          r.Heading("Answers at a glance"),
          r.Bullets(tuple(f"**Q{s.number}. {s.question}** {s.glance}" for s in secs)),
          r.Para(primary.family_note(secs)),
+         *([r.Note(note)] if (note := trainability.untrained_note(ds)) else []),
          *study_info.blocks(ds, info), r.Heading("Training")]
   out += [r.Image(*figs[n]) for n in ("curves",) if figs.get(n)]
   if info.get("summary"):

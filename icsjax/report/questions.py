@@ -48,7 +48,8 @@ def glance(primary, branches: str, claim: str) -> str:
   verdict = overall(primary)
   if verdict in BRANCHES[branches]:
     return say("glance", answer=words(branches, verdict), numbers=numbers(primary))
-  cells = "; ".join(f"{e.cell_text()}: {words(branches, e.verdict)} "
+  lower_first = lambda t: t[:1].lower() + t[1:]
+  cells = "; ".join(f"{e.cell_text()}: {lower_first(words(branches, e.verdict))} "
                     f"({numbers([dataclasses.replace(e, cell=())])})" for e in primary)
   return say("glance_mixed", cells=cells)
 

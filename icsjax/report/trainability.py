@@ -36,6 +36,15 @@ def by_depth(ds: xr.Dataset) -> dict:
   return out
 
 
+def untrained_note(ds: xr.Dataset) -> str:
+  """Where a variant failed in every seed, its effects compare with an untrained
+  network: the report says where, once."""
+  where = [f"`{v}` at {fx.cell_text(cell)}" if cell else f"`{v}`"
+           for v in fx.variants(ds) for cell in fx.cells(ds)
+           if counts(ds, v, cell)[1] and counts(ds, v, cell)[0] == 0]
+  return say("untrained", where="; ".join(where)) if where else ""
+
+
 def failure_glance(ds: xr.Dataset, depth) -> str:
   """At the deepest depth, which variants failed where the others trained."""
   cells = [c for c in fx.cells(ds) if dict(c).get("depth") == depth]

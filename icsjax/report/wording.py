@@ -138,6 +138,9 @@ TEMPLATES = {
     "phases.dropped": T("{count} matched-loss level(s) were left out: {why}."),
     "phases.glance_opposite": T("But the sign changes during training ({views}): the "
                                 "average hides it."),
+    "untrained": T("Failed to train in every seed: {where}. Effects in those settings compare "
+                   "with a network that did not learn (at chance or diverged), so read them "
+                   "as such, not as a property of a trained network."),
     # --- Q1
     "q1.detail": T("Relative to `{baseline}`, by the {definition}, `{variant}` {phrase}.",
                    "ics"),
