@@ -25,7 +25,8 @@ SAMPLES = {
     "answer": "Yes, by the gradient measure", "gap": "0", "sizes": "1", "momentum": "0.99",
     "severity": 5, "prior": "16", "n": 16, "part": "with N=0, n=16: positive at blur",
     "parts": "with N=0, n=16: positive at blur", "records": "`shift_accuracy`",
-    "why": "seed 0 (none) never reaches it", "init": "init_gain=4", "a": "batchnorm", "b": "none",
+    "why": "seed 0 (none) never reaches it", "which": "`none` (depth=3), `batchnorm`",
+    "settings": "`none` at depth=8, lr=0.1", "init": "init_gain=4", "a": "batchnorm", "b": "none",
     "views": "lower early (×0.67 [0.53, 0.85]); higher late (×3.3 [2.4, 4.5])",
     "sentences": "`none`: every seed trained at every lr (0.1, 0.5).",
 }

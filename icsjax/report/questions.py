@@ -413,7 +413,7 @@ def q4(ds, figs, info, primary=()) -> Section:
                  _figures(figs, "lr_sensitivity", "ratio_over_time", "landscape", "curvature"))
   text = glance(primary, "glance_sharpness",
                 "scale-aware sharpness of `batchnorm` over `none`") + over_time
-  text += " " + " ".join(trainability.learning_rates(ds))
+  text += " " + trainability.learning_rates_glance(ds)
   return Section(4, "What does batch norm do to the loss landscape and to usable learning "
                  "rates?", " ".join(headline), tuple(blocks), tuple(effects), text)
 

@@ -42,7 +42,7 @@ def untrained_note(ds: xr.Dataset) -> str:
   where = [f"`{v}` at {fx.cell_text(cell)}" if cell else f"`{v}`"
            for v in fx.variants(ds) for cell in fx.cells(ds)
            if counts(ds, v, cell)[1] and counts(ds, v, cell)[0] == 0]
-  return say("untrained", where="; ".join(where)) if where else ""
+  return say("untrained", settings="; ".join(where)) if where else ""
 
 
 def failure_glance(ds: xr.Dataset, depth) -> str:
@@ -64,6 +64,30 @@ def _rate_range(usable: list, lrs: list) -> str:
   if len(usable) > 2 and at == list(range(at[0], at[-1] + 1)):
     return f"{usable[0]:g} to {usable[-1]:g}"
   return ", ".join(f"{x:g}" for x in usable)
+
+
+def learning_rates_glance(ds: xr.Dataset) -> str:
+  """The learning-rate answer in brief: the settings that trained at every rate in one
+  sentence, then each one that did not."""
+  if "lr" not in fx.label_levels(ds) or len(fx.level_values(ds, "lr")) < 2:
+    return say("q4.lr_one")
+  every, others = [], []
+  for v in fx.variants(ds):
+    for cell in fx.cells(ds, "lr"):
+      part = fx.select(ds, v, cell)
+      if not part.sizes["model"]:
+        continue
+      if fx.failed(part) == 0:
+        every.append(f"`{v}`" + (f" ({fx.cell_text(cell)})" if cell else ""))
+      else:
+        others.append((v, cell))
+  out = [say("q4.lr_glance_every", which=", ".join(every),
+             lrs=_rate_range(sorted(fx.level_values(ds, "lr")),
+                             sorted(fx.level_values(ds, "lr"))))] if every else []
+  out += [s for s in learning_rates(ds) if any(
+      s.startswith(f"`{v}`" + (f" ({fx.cell_text(cell)})" if cell else "") + ":")
+      for v, cell in others)]
+  return " ".join(out)
 
 
 def learning_rates(ds: xr.Dataset) -> list[str]:

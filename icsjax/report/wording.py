@@ -138,7 +138,7 @@ TEMPLATES = {
     "phases.dropped": T("{count} matched-loss level(s) were left out: {why}."),
     "phases.glance_opposite": T("But the sign changes during training ({views}): the "
                                 "average hides it."),
-    "untrained": T("Failed to train in every seed: {where}. Effects in those settings compare "
+    "untrained": T("Failed to train in every seed: {settings}. Effects in those settings compare "
                    "with a network that did not learn (at chance or diverged), so read them "
                    "as such, not as a property of a trained network."),
     # --- Q1
@@ -218,6 +218,7 @@ TEMPLATES = {
     "q4.lr_intro": T("Learning rates (a model trained unless it diverged or failed to beat "
                      "chance or the mean predictor, docs/measurements.md, \"Failure to "
                      "train\"): {sentences}"),
+    "q4.lr_glance_every": T("Every seed trained at every lr ({lrs}) for {which}."),
     "q4.lr_every": T("`{variant}`{where}: every seed trained at every lr ({lrs})."),
     "q4.lr_range": T("`{variant}`{where}: every seed trained at lr = {good}; {failures}."),
     "q4.lr_none": T("`{variant}`{where}: no lr at which every seed trained; {failures}."),
