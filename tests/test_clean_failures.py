@@ -304,7 +304,7 @@ def test_overrides_keep_the_last_of_each_field():
       "main", "--config=configs/default.py", "--config.width", "8", "--config.tracked_units",
       "(2,)", "--config.lp_center=false", "--workdir=w", "--", "--config.width=9"]
   with pytest.raises(config_files.CommandLineError, match=r"--config\.sweep\.nope is not a "
-                     r"field of config\.sweep; its fields: lr, norm"):
+                     r"field of config\.sweep; its fields: depth, lr, norm"):
     config_files.check_overrides(["main", "--config.sweep.nope=1"], config)
 
 

@@ -39,7 +39,7 @@ def test_default_study_from_the_command_line(tmp_path):
     assert ds.sizes == {"model": 4, "step": 500, "record_step": 6, "eval_step": 3, "layer": 3,
                         "unit": 100, "tracked_unit": 3, "quantile": 3, "ics_step": 2,
                         "landscape_step": 2, "curvature_step": 1, "weight_layer": 4,
-                        "lr_multiple": 4, "slq_vector": 1, "lanczos_step": 30,
+                        "lr_multiple": 4, "slq_vector": 1, "lanczos_step": 20,
                         "test_time_step": 1, "stats_mode": 3, "test_batch_size": 3,
                         "corruption": 5, "severity": 2, "adapt": 4, "adapt_n": 1,
                         "adapt_prior": 2}

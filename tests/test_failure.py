@@ -107,7 +107,7 @@ def test_each_segment_holds_the_verdict_at_its_end(chance_study):
   arrays, schema = store.load_arrays(chance_study, group)
   base = classification(schema["attrs"]["test_examples_evaluated"], 10)
   with np.load(store.segment_paths(chance_study, group)[0]) as first:
-    assert first["eval_step"].tolist() == [20]
+    assert first["eval_step"].tolist() == [0, 20]  # step 0: the initial state
     at_20 = failure.verdict(first["diverged_step"],
                             {failure.ACCURACY: first["test_accuracy_eval_mode"][:, -1]}, base)
     for name in ("failed", "failure", "chance_p_value"):

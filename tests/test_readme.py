@@ -124,6 +124,7 @@ MESSAGES = {
     "error: config.record_every=30": "test_refused_config_message",
     "error: --workdir=runs/default is in use by another run": "test_workdir_in_use_message",
     "interrupted: the workdir keeps its last intact checkpoint": "test_interrupted_message",
+    "error: could not write": "test_write_failure_message",
 }
 COMMAND_WORDS = ("python", "pip", "tfds", "gsutil", "export")
 
@@ -470,6 +471,17 @@ def test_workdir_in_use_message(tmp_path):
   want = quoted("is in use by another run").replace("runs/default", str(workdir))
   want = re.sub(r"\(host .*?\)", f"({workdir_lock.holder_text(info)})", want)
   assert error_line(out.stderr) == want
+
+
+def test_write_failure_message():
+  """The README's line on a failed write is the one a run prints (tests/
+  test_write_failures.py makes writes fail)."""
+  import errno
+  from icsjax import write_errors
+  readme = quoted("error: could not write ")
+  e = write_errors.WriteFailed("runs/default/checkpoints/400",
+                               write_errors.reason(OSError(errno.ENOSPC, "No space left")))
+  assert write_errors.line(e).startswith(readme.removesuffix("..."))
 
 
 def test_interrupted_message():

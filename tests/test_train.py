@@ -188,7 +188,8 @@ def reference_run(config, static, model_index_in_group, hp, seed):
 def reference_hp(config, lr) -> dict:
   """One model's hyperparameters, from the config, at learning rate lr."""
   names = ("momentum", "b1", "b2", "adam_eps", "bn_momentum", "noise_mean_range",
-           "noise_scale_low", "noise_scale_high", "noise_mean_spread", "noise_scale_std")
+           "noise_scale_low", "noise_scale_high", "noise_mean_spread", "noise_scale_std",
+           "init_gain")
   return {"lr": jnp.float32(lr), **{k: jnp.float32(config[k]) for k in names}}
 
 
