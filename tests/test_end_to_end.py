@@ -59,6 +59,6 @@ def test_default_study_from_the_command_line(tmp_path):
   table = summary.format_table(summary.rows(groups, 250))
   assert table in out.stdout
   assert (workdir / "summary.txt").read_text().strip() == table.strip()
-  none_05 = groups["norm-none"].test_accuracy_eval_mode.isel(eval_step=-1).values[2:]
+  none_05 = groups["depth-3_norm-none"].test_accuracy_eval_mode.isel(eval_step=-1).values[2:]
   none_05 = none_05.astype(np.float64)  # the summary averages in float64
   assert f"{none_05.mean():.4f} ± {none_05.std():.4f}" in table.splitlines()[3]
