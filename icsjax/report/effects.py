@@ -261,13 +261,6 @@ def depth_interaction(ds: xr.Dataset, metric: Metric, a: str, b: str, deep, shal
   return effects(diff, metric, f"({a} vs {b}) at {level} {deep} vs {shallow}", metric.scale)
 
 
-def seed_counts(ds: xr.Dataset) -> int:
-  """The fewest seeds any variant-and-cell combination has."""
-  frame = ds.indexes["model"].to_frame(index=False)
-  keys = [k for k in label_levels(ds) if k != SEED]
-  return int(frame.groupby(keys).size().min())
-
-
 def per_variant_summary(ds: xr.Dataset, metric: Metric) -> pd.DataFrame:
   """Mean, t interval and seed count of a metric per variant and cell (not paired; read
   over the steps every model reached, as the variants are set side by side)."""

@@ -212,10 +212,10 @@ def mechanism(ds) -> list[str]:
   for v in fx.variants(ds):
     if v in BATCH_NORM_KINDS:
       continue
-    collapse = trainability.variance_collapse(fx.select(ds, v, ()))
-    if collapse is not None:
+    part = fx.select(ds, v, ())
+    collapse, factor = trainability.variance_collapse(part), trainability.propagation_factor(part)
+    if factor is not None:
       first, last, layers = collapse
-      factor = (last / first) ** (1 / max(layers - 1, 1))
       out.append(say("q1.collapse", variant=v, first=f"{first:.3g}", last=f"{last:.3g}",
                      layers=layers, factor=f"{factor:.2g}",
                      verdict=trainability.propagation_verdict(factor)))

@@ -41,7 +41,7 @@ def untrained_note(ds: xr.Dataset) -> str:
   network: the report says where, once."""
   where = [f"`{v}` at {fx.cell_text(cell)}" if cell else f"`{v}`"
            for v in fx.variants(ds) for cell in fx.cells(ds)
-           if counts(ds, v, cell)[1] and counts(ds, v, cell)[0] == 0]
+           for trained, models in [counts(ds, v, cell)] if models and not trained]
   return say("untrained", settings="; ".join(where)) if where else ""
 
 
@@ -66,37 +66,11 @@ def _rate_range(usable: list, lrs: list) -> str:
   return ", ".join(f"{x:g}" for x in usable)
 
 
-def learning_rates_glance(ds: xr.Dataset) -> str:
-  """The learning-rate answer in brief: the settings that trained at every rate in one
-  sentence, then each one that did not."""
-  if "lr" not in fx.label_levels(ds) or len(fx.level_values(ds, "lr")) < 2:
-    return say("q4.lr_one")
-  every, others = [], []
-  for v in fx.variants(ds):
-    for cell in fx.cells(ds, "lr"):
-      part = fx.select(ds, v, cell)
-      if not part.sizes["model"]:
-        continue
-      if fx.failed(part) == 0:
-        every.append(f"`{v}`" + (f" ({fx.cell_text(cell)})" if cell else ""))
-      else:
-        others.append((v, cell))
-  out = [say("q4.lr_glance_every", which=", ".join(every),
-             lrs=_rate_range(sorted(fx.level_values(ds, "lr")),
-                             sorted(fx.level_values(ds, "lr"))))] if every else []
-  out += [s for s in learning_rates(ds) if any(
-      s.startswith(f"`{v}`" + (f" ({fx.cell_text(cell)})" if cell else "") + ":")
-      for v, cell in others)]
-  return " ".join(out)
-
-
-def learning_rates(ds: xr.Dataset) -> list[str]:
-  """Per variant (and cell of the other labels), the learning rates at which every seed
-  trained, and how many failed at the others; whether the sweep found a limit."""
-  if "lr" not in fx.label_levels(ds) or len(fx.level_values(ds, "lr")) < 2:
-    return [say("q4.lr_one")]
+def _rate_answers(ds: xr.Dataset) -> list[tuple[str, bool, str]]:
+  """Per variant (and cell of the other labels): (its name, whether every seed trained
+  at every lr, the sentence saying at which rates every seed trained)."""
   reasons = fx.failure_reasons(ds)
-  sentences = []
+  out = []
   for v in fx.variants(ds):
     for cell in fx.cells(ds, "lr"):
       part = fx.select(ds, v, cell)
@@ -109,13 +83,39 @@ def learning_rates(ds: xr.Dataset) -> list[str]:
       failures = "; ".join(f"at lr = {lr:g}: {fx.failures_text(at[lr], reasons)}"
                            for lr in lrs if lr not in usable)
       if len(usable) == len(lrs):
-        sentences.append(say("q4.lr_every", variant=v, where=where,
-                             lrs=_rate_range(lrs, lrs)))
+        text = say("q4.lr_every", variant=v, where=where, lrs=_rate_range(lrs, lrs))
       elif usable:
-        sentences.append(say("q4.lr_range", variant=v, where=where,
-                             good=_rate_range(usable, lrs), failures=failures))
+        text = say("q4.lr_range", variant=v, where=where, good=_rate_range(usable, lrs),
+                   failures=failures)
       else:
-        sentences.append(say("q4.lr_none", variant=v, where=where, failures=failures))
+        text = say("q4.lr_none", variant=v, where=where, failures=failures)
+      out.append((f"`{v}`{where}", len(usable) == len(lrs), text))
+  return out
+
+
+def _one_lr(ds: xr.Dataset) -> bool:
+  return "lr" not in fx.label_levels(ds) or len(fx.level_values(ds, "lr")) < 2
+
+
+def learning_rates_glance(ds: xr.Dataset) -> str:
+  """The learning-rate answer in brief: the settings that trained at every rate in one
+  sentence, then each one that did not."""
+  if _one_lr(ds):
+    return say("q4.lr_one")
+  answers = _rate_answers(ds)
+  lrs = sorted(fx.level_values(ds, "lr"))
+  every = [name for name, all_trained, _ in answers if all_trained]
+  out = [say("q4.lr_glance_every", which=", ".join(every), lrs=_rate_range(lrs, lrs))
+         ] if every else []
+  return " ".join(out + [text for _, all_trained, text in answers if not all_trained])
+
+
+def learning_rates(ds: xr.Dataset) -> list[str]:
+  """Per variant (and cell of the other labels), the learning rates at which every seed
+  trained, and how many failed at the others; whether the sweep found a limit."""
+  if _one_lr(ds):
+    return [say("q4.lr_one")]
+  sentences = [text for _, _, text in _rate_answers(ds)]
   if fx.failed(ds) == 0:
     sentences.append(say("q4.lr_no_limit", largest=f"{max(fx.level_values(ds, 'lr')):g}"))
   return sentences
