@@ -43,16 +43,16 @@ unwritable workdir: relaunching those repeats the failure), not 137, which
 SkyPilot reserves for itself, and not 128 + a signal's number (143 is what a
 process killed by SIGTERM without saving reports): one line,
 ``recover_on_exit_codes: [75]``, then relaunches exactly the runs that stopped
-for a preemption. SLURM (``--requeue``) and Kubernetes (``podFailurePolicy``
-``onExitCodes``) can match it the same way.
+for a preemption. A Kubernetes Job's ``podFailurePolicy`` (``onExitCodes``)
+can match it the same way.
 
 The runner calls a ``Stop`` at each segment boundary and never needs to know
 which one it has: ``Never`` (a library call, tests), ``OnSigterm`` (one
 process, ``icsjax.main``). A multi-process run plugs in a third without
 touching the runner: JAX's preemption service, which ``jax.distributed.
 initialize`` starts, catches SIGTERM itself and spreads the notice to every
-process, so there SIGTERM must not be routed to ``OnSigterm``
-(``icsjax.main`` listens for SIGINT only), and its ``requested(step)``
+process, so there SIGTERM must not be routed to ``OnSigterm`` (``icsjax.main`` then
+listens for SIGINT only), and its ``requested(step)``
 returns ``multihost_utils.reached_preemption_sync_point(step //
 boundaries.step)``: called by every process at every boundary with
 consecutive ids, it is True on all of them at the same one (the highest id
