@@ -76,6 +76,9 @@ def get_config():
   # checkpoints (WORKDIR/checkpoints): a rerun of the same command resumes from the latest
   c.checkpoint_segments = 1
   c.checkpoint_keep = 0
+  # SIGTERM (a preemption notice, ~30 s of grace): exit code 75 once the segment in
+  # flight is saved, or at once if that would take longer than this (icsjax/preemption.py)
+  c.preemption_budget_seconds = 20.0
   # probes (docs/measurements.md: "Gradient-ICS", "Loss landscape along the update",
   # "Curvature"): every cadence a multiple of scan_length; 0 = off
   c.ics_every = 250

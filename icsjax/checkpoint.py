@@ -33,6 +33,7 @@ import pathlib
 import shutil
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable
 
@@ -81,6 +82,11 @@ class Checkpoints:
   in a background thread while training goes on (the next save waits for it).
   on_failure: called, from the saving thread, with the WriteFailed of a save
   that failed, as soon as it fails.
+
+  What a run stopping early needs to know, readable from any thread:
+  `intact_step`, the newest step this process saved or restored (None: none);
+  `save_seconds`, how long the last completed save took (None: none yet);
+  `save_running_for()`, how long the save in flight has run.
   """
 
   def __init__(self, workdir, keep: int = 0, async_save: bool = True,
@@ -89,7 +95,9 @@ class Checkpoints:
     self._ocp = ocp
     self.directory = directory(workdir)
     self.async_save, self.on_failure = async_save, on_failure
-    self._pending: tuple[int, threading.Thread, list] | None = None
+    self._pending: tuple[int, threading.Thread, list, float] | None = None
+    self.intact_step: int | None = None
+    self.save_seconds: float | None = None
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep or None, create=True, enable_async_checkpointing=False)
     with write_errors.writing(self.directory):
@@ -111,15 +119,17 @@ class Checkpoints:
     args[META] = self._ocp.args.JsonSave(meta)
     self.wait()  # one save at a time; a failed one raises here
     failure: list = []
+    started = time.monotonic()
     thread = threading.Thread(target=self._write, name=f"checkpoint-{step}", daemon=True,
-                              args=(int(step), self._ocp.args.Composite(**args), failure))
-    self._pending = (int(step), thread, failure)
+                              args=(int(step), self._ocp.args.Composite(**args), failure,
+                                    started))
+    self._pending = (int(step), thread, failure, started)
     thread.start()
     faults.point("checkpoint_save")  # tests kill here, while the save is being written
     if not self.async_save:
       self.wait()
 
-  def _write(self, step: int, args, failure: list) -> None:
+  def _write(self, step: int, args, failure: list, started: float) -> None:
     """Saves one step (in the saving thread); a failure goes into `failure`."""
     try:
       self.manager.save(step, args=args, force=True)
@@ -133,6 +143,7 @@ class Checkpoints:
       if self.on_failure is not None:
         self.on_failure(failure[0])
       return
+    self.save_seconds, self.intact_step = time.monotonic() - started, step
     faults.point("checkpoint_saved")  # tests stop here, the step complete on disk
 
   def read_meta(self, step: int) -> dict:
@@ -191,7 +202,9 @@ class Checkpoints:
       if at_most is not None and step > at_most:
         continue
       try:
-        return step, read(step)
+        found = step, read(step)
+        self.intact_step = step
+        return found
       except CorruptCheckpoint as e:
         log(f"checkpoint {self.directory / str(step)} is damaged ({e}); "
             f"falling back to the one before")
@@ -209,7 +222,7 @@ class Checkpoints:
     end within `seconds`."""
     if self._pending is None:
       return
-    step, thread, failure = self._pending
+    step, thread, failure, _ = self._pending
     thread.join(seconds)
     if thread.is_alive():
       raise write_errors.WriteFailed(self.directory / str(step),
@@ -217,6 +230,18 @@ class Checkpoints:
     self._pending = None
     if failure:
       raise failure[0]
+
+  def save_running_for(self) -> float | None:
+    """Seconds the save in flight has been writing (None: none is)."""
+    pending = self._pending
+    return (time.monotonic() - pending[3]) if pending and pending[1].is_alive() else None
+
+  def settle(self, seconds: float) -> None:
+    """Gives the save in flight up to `seconds` to end; from any thread, and
+    it changes nothing (the main thread's `wait` still reports the outcome)."""
+    pending = self._pending
+    if pending is not None:
+      pending[1].join(max(seconds, 0.0))
 
   def close(self) -> None:
     self.wait()

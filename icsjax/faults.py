@@ -4,7 +4,11 @@ Crash safety is only believable when tested at the worst moments: halfway
 through writing a record file, or while a checkpoint is being saved. With
 ``ICSJAX_KILL_AT=POINT:N`` in the environment, the N-th time (from 1) the run
 reaches ``point(POINT)`` the process gets SIGKILL, which nothing can catch or
-clean up after; ``POINT:N:INT`` sends SIGINT instead (Ctrl-C at that moment).
+clean up after; ``POINT:N:INT`` sends SIGINT instead (Ctrl-C at that moment),
+``POINT:N:TERM`` SIGTERM (a preemption notice at that moment). A signal the
+run handles is acted on in another thread (icsjax.interrupt), so the point
+then holds the process for ``HOLD_SECONDS``: the handler acts while the run
+is still there, not a few steps later.
 ``POINT:N:STOP`` stops the process (SIGSTOP) there, for a test to change the
 workdir under it (make a directory unwritable, fill the disk) before it
 sends SIGCONT. ``checkpoint_saved`` is reached in the saving thread once a
@@ -14,9 +18,12 @@ Unset, a point costs one environment lookup.
 
 import os
 import signal
+import time
 
 ENV = "ICSJAX_KILL_AT"
 POINTS = ("record_write", "checkpoint_save", "checkpoint_saved", "after_segment")
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+HOLD_SECONDS = 0.5
 _reached: dict[str, int] = {}
 
 
@@ -30,4 +37,7 @@ def point(name: str) -> None:
   nth, _, sig = rest.partition(":")
   _reached[name] = _reached.get(name, 0) + 1
   if _reached[name] == int(nth or 1):
-    os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'KILL'}"))
+    signum = getattr(signal, f"SIG{sig or 'KILL'}")
+    os.kill(os.getpid(), signum)
+    if signum in HANDLED:
+      time.sleep(HOLD_SECONDS)

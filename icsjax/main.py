@@ -8,17 +8,21 @@ command line, the config or the workdir (one line on stderr says which), or
 the workdir is in use by another run; 3 the workdir could not be written (a
 write failed, or its filesystem has too little free space: one line names the
 path and the OS error; rerunning the same command resumes); 130 interrupted
-(Ctrl-C; rerunning the same command resumes); 1 anything else, which is a bug
-(with its traceback).
+(Ctrl-C; rerunning the same command resumes); 75 preempted (SIGTERM: the
+segment in flight was saved, or the last intact checkpoint kept; rerunning
+the same command resumes; icsjax/preemption.py says why 75); 1 anything
+else, which is a bug (with its traceback).
 ``--debug`` (or ICSJAX_DEBUG=1) shows the traceback behind a refusal too.
 
 Only light modules are imported at the top, so that a mistake is reported at
-once and Ctrl-C is handled from the start; JAX is imported inside `main`.
+once and Ctrl-C and SIGTERM are handled from the start; JAX is imported inside
+`main`.
 """
 
 import logging
 import os
 import shlex
+import signal
 import sys
 import traceback
 
@@ -28,13 +32,15 @@ from ml_collections import config_flags
 
 from icsjax import config_files
 from icsjax import interrupt
+from icsjax import preemption
 from icsjax import store
 from icsjax import tfds_data
 from icsjax import workdir_lock
 from icsjax import write_errors
 from icsjax.fields import ConfigError
 
-DONE, USER_ERROR, NOT_WRITTEN, INTERRUPTED = 0, 2, write_errors.EXIT_CODE, interrupt.EXIT_CODE
+DONE, USER_ERROR, NOT_WRITTEN, INTERRUPTED, PREEMPTED = (
+    0, 2, write_errors.EXIT_CODE, interrupt.EXIT_CODE, preemption.EXIT_CODE)
 # What a user can get wrong; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, config_files.CommandLineError, flags.Error, FileExistsError,
                workdir_lock.WorkdirError, tfds_data.DatasetNotPreparedError)
@@ -72,7 +78,7 @@ class QuietLibraries(logging.Filter):
     return True
 
 
-def main(argv, sweeps=None):
+def main(argv, sweeps=None, stop: preemption.Stop | None = None):
   del argv
   # First of all, before JAX loads (seconds): a second run on a workdir is refused
   # at once. Through the report, which is the run's too. A workdir the lock
@@ -91,7 +97,7 @@ def main(argv, sweeps=None):
     print(devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices)))
     # A checkpoint save fails in a background thread: the run ends there, at once.
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress,
-               on_write_failure=write_errors.exit_at_once)
+               on_write_failure=write_errors.exit_at_once, stop=stop)
     if FLAGS.report:
       print(f"report: {report.write(FLAGS.workdir)}")
   return DONE
@@ -114,16 +120,22 @@ def parse_flags(argv):
         f"{text} (python -m icsjax.main --helpfull lists the flags)") from e
 
 
+def rerun_command(argv) -> str:
+  return shlex.join(["python", "-m", "icsjax.main", *argv[1:]])
+
+
 def resume_line(argv) -> str:
-  command = shlex.join(["python", "-m", "icsjax.main", *argv[1:]])
   return (f"interrupted: the workdir keeps its last intact checkpoint; rerun the same "
-          f"command to resume from it: {command}")
+          f"command to resume from it: {rerun_command(argv)}")
 
 
 def run():
   original = list(sys.argv)
   debug = debug_requested(original)
-  interrupt.exit_on_sigint(resume_line(original))
+  stop = preemption.OnSigterm(rerun_command(original))
+  interrupt.listen({signal.SIGINT: lambda: interrupt.end_process(resume_line(original),
+                                                                 INTERRUPTED),
+                    signal.SIGTERM: stop.notice})
   try:
     # Before absl parses the flags: the config flag loads its file while parsing,
     # and ml_collections reads the --config.* overrides from sys.argv itself.
@@ -134,7 +146,7 @@ def run():
       config_files.check_overrides(argv, config)
       argv = config_files.last_overrides(argv, config)
     sys.argv = argv
-    app.run(lambda argv: main(argv, sweeps), argv=argv, flags_parser=parse_flags)
+    app.run(lambda argv: main(argv, sweeps, stop), argv=argv, flags_parser=parse_flags)
   except USER_ERRORS as e:
     if debug:
       traceback.print_exc()
@@ -144,6 +156,8 @@ def run():
     if debug:
       traceback.print_exc()
     write_errors.exit_at_once(e)  # not sys.exit: a save in flight may still hold a thread
+  except preemption.Preempted as e:
+    interrupt.end_process(preemption.stopped_line(e, stop.command), PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from icsjax import data as data_lib
 from icsjax import failure
 from icsjax import faults
 from icsjax import placement
+from icsjax import preemption
 from icsjax import records as records_lib
 from icsjax import store
 from icsjax import study as study_lib
@@ -214,7 +215,8 @@ def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, 
 
 
 def run(config, workdir, *, progress: bool = True, log=print,
-        on_write_failure: Callable[[write_errors.WriteFailed], None] | None = None) -> dict:
+        on_write_failure: Callable[[write_errors.WriteFailed], None] | None = None,
+        stop: preemption.Stop | None = None) -> dict:
   """Runs the study of `config` into `workdir`; returns {group: xarray.Dataset}.
 
   Same config, same workdir: resumes from the latest intact checkpoint, and
@@ -227,14 +229,20 @@ def run(config, workdir, *, progress: bool = True, log=print,
   is also handed to `on_write_failure` at once (icsjax.main ends the run
   there). A filesystem with less free space than the run's records and
   checkpoints raises NotEnoughSpace before the workdir is written.
+
+  `stop` (icsjax.preemption) is asked at every segment boundary, once the
+  segment's records are written, whether to stop there: then the run saves a
+  checkpoint at that step, whether or not a regular one falls there, waits
+  until it is on disk and raises preemption.Preempted.
   """
   study = study_lib.expand(config)  # every config error surfaces here, before compute
   with workdir_lock.hold(workdir):
-    return _run_locked(study, workdir, progress, log, on_write_failure)
+    return _run_locked(study, workdir, progress, log, on_write_failure,
+                       stop or preemption.Never())
 
 
 def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
-                on_write_failure) -> dict:
+                on_write_failure, stop: preemption.Stop) -> dict:
   config = study.config
   store.check_workdir(workdir, config.to_json())  # a different study: refused at once
   loaded = load_data(study)  # data that is not there: refused before the workdir is written
@@ -253,14 +261,22 @@ def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
              if status == "resume" else 0)
     bar = Progress(config.steps, len(runs), study.num_models, progress,
                    first * config.segment_steps)
+    seg_steps = config.segment_steps
+    stop.begin(range((first + 1) * seg_steps, config.steps + 1, seg_steps),
+               config.preemption_budget_seconds, checkpoints)
     for seg in range(first, study.num_segments):
       run_segment_of_every_group(runs, seg, config, workdir, bar, compiles=seg == first)
       faults.point("after_segment")
-      end = (seg + 1) * config.segment_steps
+      end = (seg + 1) * seg_steps
+      stopping = stop.requested(end)
       # After every group's records of the segment: a checkpoint never runs ahead of them.
-      if checkpoints is not None and ((seg + 1) % config.checkpoint_segments == 0
+      if checkpoints is not None and (stopping or (seg + 1) % config.checkpoint_segments == 0
                                       or end == config.steps):
         checkpoints.save(end, {gr.group.name: host_state(gr) for gr in runs}, fingerprint)
+      if stopping:
+        if checkpoints is not None:
+          checkpoints.wait()  # on disk before the run ends; a failed save raises WriteFailed
+        raise preemption.Preempted(end, checkpointed=checkpoints is not None)
   except BaseException:
     if checkpoints is not None:
       checkpoints.abandon()  # a save in flight may end; the run's own error is the news

@@ -74,6 +74,11 @@ CORE_FIELDS: dict[str, Field] = {
                                  "this many segments, and after the last (0: never, and a "
                                  "rerun starts over)"),
     "checkpoint_keep": Field("run", f.integer(0), "newest checkpoints kept (0: all)"),
+    "preemption_budget_seconds": Field("run", f.number(0), "on SIGTERM (a preemption "
+                                       "notice), finish the segment in flight and checkpoint "
+                                       "it only if that is expected to end within this many "
+                                       "seconds, else exit at once keeping the last intact "
+                                       "checkpoint (icsjax/preemption.py)"),
     "cpu_devices": Field("run", f.integer(0), "CPU only: split the host into this many XLA devices "
                          "and shard the model axis over them (0: one per core; 1: no split)"),
 }

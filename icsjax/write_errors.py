@@ -29,11 +29,10 @@ import os
 import pathlib
 import re
 import shutil
-import sys
-import threading
+
+from icsjax import interrupt
 
 EXIT_CODE = 3  # README, "Exit codes": the workdir could not be written
-_exiting = threading.Lock()  # held by the one thread that prints the line and ends the run
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")  # how tensorstore (orbax) reports one
 
 
@@ -97,19 +96,7 @@ def exit_at_once(e: WriteFailed) -> None:
   """Prints `line(e)` on stderr and ends the process with EXIT_CODE, from any
   thread and whatever the others are doing; a second failure found meanwhile
   prints nothing."""
-  if not _exiting.acquire(blocking=False):
-    threading.Event().wait()  # another thread is ending the process
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except (OSError, ValueError):
-      pass
-  prefix = "\n" if sys.stderr.isatty() else ""
-  os.write(sys.stderr.fileno(), f"{prefix}{line(e)}\n".encode())
-  # The line is the last word: threads that meet the same failure while the
-  # process ends (orbax's, tensorstore's) would print half a traceback after it.
-  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
-  os._exit(EXIT_CODE)
+  interrupt.end_process(line(e), EXIT_CODE)
 
 
 def check_free_space(workdir, needed: int, what: str) -> None:

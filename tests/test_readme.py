@@ -21,7 +21,7 @@ What counts as what:
   program prints: a span `python -m icsjax.X ARGS...` runs (the module's name
   alone only names the program); a span starting with another command word
   (python, pip, tfds, gsutil, export) must be in EXCLUDED; a span starting
-  with `error:` or `interrupted:` quotes a message, and each one is checked
+  with `error:`, `interrupted:` or `preempted:` quotes a message, and each one is checked
   against what the program prints (MESSAGES).
 
 Smoke size. `python -m icsjax.main` commands get SMOKE's `--config.*`
@@ -125,7 +125,9 @@ MESSAGES = {
     "error: --workdir=runs/default is in use by another run": "test_workdir_in_use_message",
     "interrupted: the workdir keeps its last intact checkpoint": "test_interrupted_message",
     "error: could not write": "test_write_failure_message",
+    "preempted: saved a checkpoint": "test_preempted_message",
 }
+MESSAGE_PREFIXES = ("error:", "interrupted:", "preempted:")
 COMMAND_WORDS = ("python", "pip", "tfds", "gsutil", "export")
 
 
@@ -214,7 +216,7 @@ def readme_items() -> Items:
   commands += [s for s in spans if is_icsjax_command(s)]
   other += [s for s in spans
             if s.split()[0] in COMMAND_WORDS and not s.startswith("python -m icsjax")]
-  messages = [s for s in spans if s.startswith(("error:", "interrupted:"))]
+  messages = [s for s in spans if s.startswith(MESSAGE_PREFIXES)]
   return Items(commands, snippets, other, messages)
 
 
@@ -491,4 +493,15 @@ def test_interrupted_message():
   assert readme.endswith(" python -m icsjax.main ...")
   argv = ["/x/icsjax/main.py", "--config=default", "--workdir=runs/default"]
   line = main_lib.resume_line(argv)
+  assert line == readme.removesuffix("...") + "--config=default --workdir=runs/default"
+
+
+def test_preempted_message():
+  """The README's line on SIGTERM is the one the command prints (tests/
+  test_preemption.py sends SIGTERM), the command being the one typed."""
+  from icsjax import preemption
+  readme = quoted("preempted: ")
+  assert readme.endswith(" python -m icsjax.main ...")
+  argv = ["/x/icsjax/main.py", "--config=default", "--workdir=runs/default"]
+  line = preemption.saved_line(1500, main_lib.rerun_command(argv))
   assert line == readme.removesuffix("...") + "--config=default --workdir=runs/default"
