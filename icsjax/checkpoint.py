@@ -29,6 +29,7 @@ and raised as ``write_errors.WriteFailed`` by the next ``save`` or ``wait``.
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 import shutil
 import sys
@@ -41,6 +42,7 @@ import numpy as np
 from flax import serialization
 
 from icsjax import faults
+from icsjax import store
 from icsjax import write_errors
 
 CHECKPOINTS = "checkpoints"
@@ -57,7 +59,10 @@ class CorruptCheckpoint(Exception):
 
 
 def fingerprint(config_json: str) -> str:
-  return hashlib.sha256(config_json.encode()).hexdigest()
+  """The study's identity (store.study_identity) as a hash: a checkpoint saved
+  under a config resumes under any config of the same study."""
+  identity = json.dumps(store.study_identity(config_json), sort_keys=True)
+  return hashlib.sha256(identity.encode()).hexdigest()
 
 
 def checksum(tree) -> str:

@@ -215,13 +215,26 @@ def versions() -> dict:
   return out
 
 
+# Config fields that say how a run keeps its work, not what it computes: a rerun
+# may change them (a longer preemption budget for a relaunch, fewer checkpoints
+# kept) and still resume the same study, whose records they never touch.
+KEEPING_FIELDS = ("preemption_budget_seconds", "checkpoint_keep")
+
+
+def study_identity(config_json: str) -> dict:
+  """The config's fields that make a study what it is: all but KEEPING_FIELDS."""
+  config = json.loads(config_json)
+  return {k: v for k, v in config.items() if k not in KEEPING_FIELDS}
+
+
 def check_workdir(workdir, config_json: str) -> str:
-  """"new" or "resume" (a workdir of this same config); raises FileExistsError for
-  one that holds a different study, or files that are no study's. Writes nothing."""
+  """"new" or "resume" (a workdir of this same study: the same config up to
+  KEEPING_FIELDS); raises FileExistsError for one that holds a different study,
+  or files that are no study's. Writes nothing."""
   workdir = pathlib.Path(workdir)
   cfg_path = workdir / "config.json"
   if cfg_path.exists():
-    if json.loads(cfg_path.read_text()) != json.loads(config_json):
+    if study_identity(cfg_path.read_text()) != study_identity(config_json):
       raise FileExistsError(
           f"--workdir={workdir} holds a study with a different config; "
           f"choose another --workdir or delete that one")

@@ -201,6 +201,26 @@ def test_a_finished_run_rerun_changes_nothing(reference, tmp_path):
   assert any("resuming it at step 80" in m for m in log), log
 
 
+def test_a_rerun_may_change_how_the_run_is_kept_but_not_what_it_computes(reference,
+                                                                       tmp_path):
+  """A relaunch with a longer preemption budget and fewer checkpoints kept is the
+  same study and resumes; one with another learning rate is refused."""
+  src, want, _ = reference
+  workdir = tmp_path / "w"
+  shutil.copytree(src, workdir)
+  store.truncate(workdir, "norm-none", 3)  # the last segment to train again
+  kept = study_config()
+  kept.preemption_budget_seconds, kept.checkpoint_keep = 25.0, 2
+  log = []
+  runner.run(kept, workdir, progress=False, log=log.append)
+  assert any("resuming it at step 60" in m for m in log), log
+  assert_bitwise_equal(records(workdir), want)
+  other = study_config()
+  other.sweep.lr = (0.2,)
+  with pytest.raises(FileExistsError, match="different config"):
+    runner.run(other, workdir, progress=False, log=lambda *_: None)
+
+
 def test_a_checkpoint_saved_over_4_devices_restores_on_1(reference, tmp_path):
   _, want, _ = reference
   workdir = tmp_path / "w"
