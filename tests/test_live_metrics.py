@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from icsjax import runner
 from icsjax import store
 
 SEGMENT, STEPS, EVAL_EVERY, PROBE_EVERY = 20, 60, 10, 20
-LRS = (0.1, 0.4)
+LRS, SEEDS = (0.1, 0.4), 2
 TESTS = os.path.dirname(os.path.abspath(__file__))
 WORKER = (f"import sys; sys.path[:0] = [{ROOT!r}, {TESTS!r}]; import test_live_metrics as t; "
           f"t.run_study(sys.argv[1])")
@@ -29,7 +30,7 @@ WORKER = (f"import sys; sys.path[:0] = [{ROOT!r}, {TESTS!r}]; import test_live_m
 def study_config():
   """Two learning rates, two seeds, every probe once a segment, three segments
   with a checkpoint after each."""
-  c = tiny_config(steps=STEPS, segment_steps=SEGMENT, eval_every=EVAL_EVERY,
+  c = tiny_config(steps=STEPS, seeds=SEEDS, segment_steps=SEGMENT, eval_every=EVAL_EVERY,
                   checkpoint_segments=1, ics_every=PROBE_EVERY, landscape_every=PROBE_EVERY,
                   curvature_every=PROBE_EVERY, curvature_batch_size=16, lanczos_steps=4,
                   layer_lanczos_steps=3, slq_vectors=1, hutchinson_samples=2)
@@ -53,8 +54,10 @@ def read_events(workdir, group) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("live") / "w"
+  started = time.perf_counter()
   run_study(workdir)
-  return workdir, {g: read_events(workdir, g) for g in groups(workdir)}
+  seconds = time.perf_counter() - started
+  return workdir, {g: read_events(workdir, g) for g in groups(workdir)}, seconds
 
 
 def groups(workdir) -> list[str]:
@@ -76,7 +79,7 @@ def expected(workdir) -> dict:
     tags = out.setdefault(g, {})
     for lr in LRS:
       models = [m for m in range(ds.sizes["model"]) if model_group[m] == g and lrs[m] == lr]
-      assert len(models) == 2  # the seeds
+      assert len(models) == SEEDS
 
       def add(name, steps, per_model):
         for t, step in enumerate(steps):
@@ -126,7 +129,7 @@ def throughput_steps(tags: dict, group: str) -> tuple[list, list]:
 
 
 def test_every_scalar_is_the_seed_mean_of_its_records(reference):
-  workdir, events = reference
+  workdir, events, _ = reference
   want = expected(workdir)
   assert len(want) == 1 and all(len(tags) == 2 * 9 for tags in want.values())
   for g, tags in want.items():
@@ -143,12 +146,14 @@ def test_every_scalar_is_the_seed_mean_of_its_records(reference):
 
 
 def test_throughput_is_written_once_per_segment_and_says_when_it_compiled(reference):
-  workdir, events = reference
-  for g in groups(workdir):
-    assert throughput_steps(events[g], g) == ([20], [40, 60])
-    rates = [v for t in (live_metrics.THROUGHPUT, live_metrics.THROUGHPUT_COMPILING)
-             for _, v in events[g][f"{g}/{t}"]]
-    assert all(0 < r < 1e9 for r in rates), rates
+  workdir, events, run_seconds = reference
+  (g,) = groups(workdir)
+  assert throughput_steps(events[g], g) == ([20], [40, 60])
+  # Back to each segment's seconds: the model-steps over the rate.
+  seconds = lambda tag: [len(LRS) * SEEDS * SEGMENT / v for _, v in events[g][f"{g}/{tag}"]]
+  (compiling,) = seconds(live_metrics.THROUGHPUT_COMPILING)
+  compiled = seconds(live_metrics.THROUGHPUT)
+  assert 0 < sum(compiled) < compiling < run_seconds - sum(compiled)  # compiling takes longest
 
 
 def test_the_seed_mean_leaves_out_what_is_not_finite():
@@ -156,8 +161,28 @@ def test_the_seed_mean_leaves_out_what_is_not_finite():
   np.testing.assert_array_equal(got, [2.0, 2.0, np.nan])
 
 
+def test_a_diverged_seed_is_left_out_and_a_step_no_seed_has_is_not_written():
+  """Hand-made records of one segment (steps 21..40, evaluations at 30 and 40) of
+  two cells of two seeds: seed 1 of lr=0.1 diverged at step 35, lr=0.4 entirely."""
+  nan = float("nan")
+  train = np.arange(4 * 20, dtype=np.float32).reshape(4, 20)
+  train[1, 14:] = nan
+  train[2:] = nan
+  records = {"per_step": {"train_loss": train},
+             "eval": {"test_loss_eval_mode": np.array([[1, 2], [3, nan], [nan, nan],
+                                                       [nan, nan]], np.float32)},
+             "model": {"failed": np.array([False, True, True, True])}}
+  coords = {"variant": ("batchnorm",) * 4, "seed": (0, 1, 0, 1), "lr": (0.1, 0.1, 0.4, 0.4)}
+  times = {"step": np.arange(21, 41), "eval_step": np.array([30, 40])}
+  got = live_metrics.scalars("g", coords, records, times, 10, 40)
+  assert got == [("g/lr=0.1/train_loss", 30, (sum(range(10)) + sum(range(20, 30))) / 20),
+                 ("g/lr=0.1/train_loss", 40, sum(range(10, 20)) / 10),
+                 ("g/lr=0.1/test_loss", 30, 2.0), ("g/lr=0.1/test_loss", 40, 2.0),
+                 ("g/lr=0.1/failed", 40, 1.0), ("g/lr=0.4/failed", 40, 2.0)]
+
+
 def test_a_killed_and_resumed_run_reads_back_as_the_uninterrupted_one(reference, tmp_path):
-  _, want = reference
+  _, want, _ = reference
   workdir = tmp_path / "w"
   # Killed after its second segment, before its checkpoint: the rerun resumes at
   # step 20 (or 0, if the save of step 20 was still in flight), and the first
