@@ -54,6 +54,8 @@ flags.DEFINE_string("workdir", None, "Directory for the study's records and meta
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("report", True, "Write WORKDIR/report/ (figures, report.md, report.html) "
                   "at the end; python -m icsjax.report WORKDIR writes it later.")
+flags.DEFINE_bool("tensorboard", True, "Write each segment's live metrics under "
+                  "WORKDIR/tensorboard/ for `tensorboard --logdir WORKDIR/tensorboard`.")
 flags.DEFINE_bool("debug", False, f"Show the traceback of a refused run (also {DEBUG_ENV}=1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -97,7 +99,8 @@ def main(argv, sweeps=None, stop: preemption.Stop | None = None):
     print(devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices)))
     # A checkpoint save fails in a background thread: the run ends there, at once.
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress,
-               on_write_failure=write_errors.exit_at_once, stop=stop)
+               on_write_failure=write_errors.exit_at_once, stop=stop,
+               tensorboard=FLAGS.tensorboard)
     if FLAGS.report:
       print(f"report: {report.write(FLAGS.workdir)}")
   return DONE

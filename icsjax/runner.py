@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import time
 from typing import Callable
 
 import jax
@@ -15,6 +16,7 @@ from icsjax import checkpoint as checkpoint_lib
 from icsjax import data as data_lib
 from icsjax import failure
 from icsjax import faults
+from icsjax import live_metrics
 from icsjax import placement
 from icsjax import preemption
 from icsjax import records as records_lib
@@ -199,24 +201,30 @@ def resume(runs: list[GroupRun], checkpoints, config, workdir, fingerprint: str,
 
 
 def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, bar,
-                               compiles: bool = False) -> None:
-  """Trains every group through segment `seg` and writes its records; `compiles`:
-  this process calls each group's loop for the first time (the bar says so)."""
+                               compiles: bool = False,
+                               live: live_metrics.LiveMetrics | None = None) -> None:
+  """Trains every group through segment `seg` and writes its records, then its
+  live metrics (`live`, when given); `compiles`: this process calls each group's
+  loop for the first time (the bar says so)."""
   start = seg * config.segment_steps
   for gr in runs:
     if compiles:
       bar.compiling(gr.group.name)
+    started = time.perf_counter()
     records = run_segment(gr, start, bar.compiled if compiles else lambda: None)
+    seconds = time.perf_counter() - started
     if seg == 0:
       store.write_schema(workdir, gr.group.name, schema(gr, records))
     store.write_segment(workdir, gr.group.name, seg, records,
                         records_lib.time_coords(gr.spec.run, start))
+    if live is not None:
+      live.write(gr.group, gr.spec, records, start, seconds, compiles)
     bar.group_done(config.segment_steps)
 
 
 def run(config, workdir, *, progress: bool = True, log=print,
         on_write_failure: Callable[[write_errors.WriteFailed], None] | None = None,
-        stop: preemption.Stop | None = None) -> dict:
+        stop: preemption.Stop | None = None, tensorboard: bool = True) -> dict:
   """Runs the study of `config` into `workdir`; returns {group: xarray.Dataset}.
 
   Same config, same workdir: resumes from the latest intact checkpoint, and
@@ -234,15 +242,18 @@ def run(config, workdir, *, progress: bool = True, log=print,
   segment's records are written, whether to stop there: then the run saves a
   checkpoint at that step, whether or not a regular one falls there, waits
   until it is on disk and raises preemption.Preempted.
+
+  `tensorboard`: write each segment's live metrics under WORKDIR/tensorboard/
+  (icsjax.live_metrics).
   """
   study = study_lib.expand(config)  # every config error surfaces here, before compute
   with workdir_lock.hold(workdir):
     return _run_locked(study, workdir, progress, log, on_write_failure,
-                       stop or preemption.Never())
+                       stop or preemption.Never(), tensorboard)
 
 
 def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
-                on_write_failure, stop: preemption.Stop) -> dict:
+                on_write_failure, stop: preemption.Stop, tensorboard: bool) -> dict:
   config = study.config
   store.check_workdir(workdir, config.to_json())  # a different study: refused at once
   loaded = load_data(study)  # data that is not there: refused before the workdir is written
@@ -264,8 +275,10 @@ def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
     seg_steps = config.segment_steps
     stop.begin(range((first + 1) * seg_steps, config.steps + 1, seg_steps),
                config.preemption_budget_seconds, checkpoints)
+    live = live_metrics.LiveMetrics(workdir, first * seg_steps) if tensorboard else None
     for seg in range(first, study.num_segments):
-      run_segment_of_every_group(runs, seg, config, workdir, bar, compiles=seg == first)
+      run_segment_of_every_group(runs, seg, config, workdir, bar, compiles=seg == first,
+                                 live=live)
       faults.point("after_segment")
       end = (seg + 1) * seg_steps
       stopping = stop.requested(end)
@@ -283,6 +296,8 @@ def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
     raise
   if checkpoints is not None:
     checkpoints.close()  # a last save that failed raises here
+  if live is not None:
+    live.close()
   bar.close()
   datasets = store.load(workdir)
   log(summary_lib.write(pathlib.Path(workdir), datasets, config.eval_every))

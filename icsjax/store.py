@@ -8,6 +8,7 @@ Layout::
   WORKDIR/records/GROUP/schema.json         variable -> named dims; fixed coordinates
   WORKDIR/records/GROUP/segment_NNNNNN.npz  one file per finished segment
   WORKDIR/checkpoints/STEP/                 training state (icsjax.checkpoint)
+  WORKDIR/tensorboard/GROUP/                live metrics: TensorBoard event files (icsjax.live_metrics)
   WORKDIR/run.lock               held by the run writing the workdir (icsjax.workdir_lock)
 
 A segment file is written to a temporary name and renamed, so it is either
