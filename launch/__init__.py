@@ -2,8 +2,8 @@
 
 Run from a checkout's root (the checkout is what reaches the VMs):
 ``python -m launch.tpu submit ...`` (README, "Run on TPU VMs"). Needs the
-``launch`` extra (``pip install .[launch]``); only ``launch.tpu`` and
-``launch.prepare_data`` import SkyPilot, and only to render and submit tasks.
+``launch`` extra (``pip install .[launch]``); only ``launch/skypilot.py``
+imports SkyPilot, on first use.
 """
 
 

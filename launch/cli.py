@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from launch import LaunchError
@@ -17,11 +18,17 @@ class Parser(argparse.ArgumentParser):
     raise LaunchError(f"{message} ({self.prog} --help lists the arguments)")
 
 
+# A bucket's name as GCS allows it, then folders of plain characters: the bucket
+# goes into the jobs' shell lines unquoted.
+BUCKET = re.compile(r"gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[A-Za-z0-9._=+-]+)*")
+
+
 def bucket(text: str) -> str:
   """A gs:// folder, without a trailing slash."""
-  if not text.startswith("gs://") or len(text.rstrip("/")) <= len("gs://"):
+  if not BUCKET.fullmatch(text.rstrip("/")):
     raise LaunchError(f"--bucket={text} must be a Google Cloud Storage folder, "
-                      f"gs://BUCKET[/FOLDER], e.g. gs://my-bucket/icsjax")
+                      f"gs://BUCKET[/FOLDER] (lowercase letters, digits, . _ - in the "
+                      f"bucket's name), e.g. gs://my-bucket/icsjax")
   return text.rstrip("/")
 
 

@@ -6,6 +6,7 @@ the end that none was tried. Submission goes through launch.skypilot.submit,
 which a recorder replaces.
 """
 
+import hashlib
 import importlib.metadata
 import itertools
 import json
@@ -20,7 +21,6 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from icsjax import study as study_lib
 from launch import LaunchError
 from launch import accelerators
 from launch import environment
@@ -195,7 +195,6 @@ def test_study_name_rule():
   assert name("configs/default.py", [("width", "65"), ("seeds", "3")]) != base
   assert name("configs/default.py:x", []) != "default"
   key = json.dumps(["", [["seeds", "3"], ["width", "64"]]]).encode()
-  import hashlib
   assert base == "default-" + hashlib.sha256(key).hexdigest()[:8]
   # Through the command line, a field given twice counts once, its last value.
   twice = studies.load("default", [("width", "8"), ("seeds", "3"), ("width", "64")])
@@ -255,7 +254,11 @@ def test_group_cost_is_models_steps_and_architecture_rate():
 @pytest.mark.parametrize("args, says", [
     (["default", "--bucket=s3://b/icsjax", "--accelerator=tpu-v5litepod-8"],
      "--bucket=s3://b/icsjax must be a Google Cloud Storage folder"),
-    (["default", "--bucket=gs://", "--accelerator=tpu-v5litepod-8"], "--bucket=gs://"),
+    (["default", "--bucket=gs://", "--accelerator=tpu-v5litepod-8"], "--bucket=gs:// must be"),
+    (["default", "--bucket=gs://my bucket", "--accelerator=tpu-v5litepod-8"],
+     "--bucket=gs://my bucket must be"),
+    (["default", "--bucket=gs://My-Bucket/x", "--accelerator=tpu-v5litepod-8"],
+     "--bucket=gs://My-Bucket/x must be"),
     (["default", f"--bucket={BUCKET}", "--accelerator=tpu-v5litepod-3"],
      "--accelerator=tpu-v5litepod-3 is not a known TPU type; known: tpu-v4-{8,16,"),
     (["default", f"--bucket={BUCKET}", "--accelerator=v5litepod-8"], "not a known TPU type"),
