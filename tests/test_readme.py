@@ -105,6 +105,16 @@ EXCLUDED = {
     "gsutil -m cp": "copies to a GCS bucket: needs the network and credentials",
     "export TFDS_DATA_DIR=gs://": "points at a GCS bucket: needs the network and credentials",
     "pip install gcsfs": "installs a package from the network",
+    "sky check gcp":
+        "needs a Google Cloud account: installs SkyPilot, checks the project's credentials, "
+        "creates a bucket and submits a data job (tests/test_launch.py checks its task offline)",
+    "configs/bjorck_lr_sweep.py --bucket":
+        "submits managed jobs to Google Cloud: needs an account (tests/test_launch.py checks "
+        "what they would submit, the submission replaced by a recorder)",
+    "python -m launch.tpu status":
+        "talks to SkyPilot's API server and Google Cloud: needs an account (tests/test_launch.py "
+        "checks fetch's command)",
+    "gcloud compute tpus tpu-vm create": "creates a TPU VM: needs a Google Cloud account and quota",
     "python benchmarks/study_rate.py":
         "a benchmark of a paper config (minutes to hours; `--config=...` is a placeholder)",
 }
@@ -113,6 +123,7 @@ CHECKED_BLOCKS = {
     "variant          depth  lr   seeds": "test_summary_table_sample",
     "WORKDIR/config.json": "test_workdir_listing",
     "# icsjax/records/kernel_norms.py": "test_adding_a_measurement",
+    "--accelerator=tpu-v5litepod-8 --spot --dry-run": "test_launch.py::test_readme_dry_run",
 }
 # Snippets that must run in a fresh process, with the check that follows them there.
 FRESH_PROCESS = {
