@@ -8,14 +8,17 @@ command line, the config or the workdir (one line on stderr says which), or
 the workdir is in use by another run; 3 the workdir could not be written (a
 write failed, or its filesystem has too little free space: one line names the
 path and the OS error; rerunning the same command resumes); 130 interrupted
-(Ctrl-C; rerunning the same command resumes); 1 anything else, which is a bug
-(with its traceback).
+(Ctrl-C; rerunning the same command resumes); 4 (several processes) another
+process of the run stopped (rerunning on every host resumes); 1 anything else, which is a bug
+(with its traceback). Several processes (``--num_processes``, or a cluster
+JAX detects): README, "Many hosts".
 ``--debug`` (or ICSJAX_DEBUG=1) shows the traceback behind a refusal too.
 
 Only light modules are imported at the top, so that a mistake is reported at
 once and Ctrl-C is handled from the start; JAX is imported inside `main`.
 """
 
+import contextlib
 import logging
 import os
 import shlex
@@ -27,6 +30,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from icsjax import config_files
+from icsjax import hosts
 from icsjax import interrupt
 from icsjax import store
 from icsjax import tfds_data
@@ -35,6 +39,7 @@ from icsjax import write_errors
 from icsjax.fields import ConfigError
 
 DONE, USER_ERROR, NOT_WRITTEN, INTERRUPTED = 0, 2, write_errors.EXIT_CODE, interrupt.EXIT_CODE
+PEER_LOST = hosts.EXIT_CODE
 # What a user can get wrong; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, config_files.CommandLineError, flags.Error, FileExistsError,
                workdir_lock.WorkdirError, tfds_data.DatasetNotPreparedError)
@@ -49,6 +54,15 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("report", True, "Write WORKDIR/report/ (figures, report.md, report.html) "
                   "at the end; python -m icsjax.report WORKDIR writes it later.")
 flags.DEFINE_bool("debug", False, f"Show the traceback of a refused run (also {DEBUG_ENV}=1).")
+flags.DEFINE_integer("num_processes", None, "Processes of one run over many hosts (the same "
+                     "command on each, with its own --process_id); unset: one process, or as "
+                     "many as a cluster JAX detects (TPU VM slice, SLURM) holds.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1; "
+                     "process 0 writes the workdir.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, where JAX's "
+                    "coordination service listens; the same on every process.")
+flags.DEFINE_integer("heartbeat_timeout", hosts.HEARTBEAT_SECONDS, "Seconds after which the "
+                     "processes of a run give up on one that stopped answering, and end.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -65,6 +79,8 @@ class QuietLibraries(logging.Filter):
     self.debug = debug
 
   def filter(self, record):
+    if "orbax" in record.pathname and "read only" in record.getMessage().replace("_", " "):
+      return False  # the managers of processes other than 0 only read, by design
     if "orbax" in record.pathname:
       return record.levelno >= logging.WARNING and (self.debug or record.levelno < logging.ERROR)
     if "tensorflow_datasets" in record.pathname:
@@ -74,10 +90,18 @@ class QuietLibraries(logging.Filter):
 
 def main(argv, sweeps=None):
   del argv
+  plan = hosts.plan(FLAGS.num_processes, FLAGS.process_id, FLAGS.coordinator_address,
+                    FLAGS.heartbeat_timeout,
+                    hosts.detected_cluster() if FLAGS.num_processes is None else None)
+  # Several processes: JAX's distributed runtime first (before any backend), and
+  # process 0 alone locks and writes the workdir.
+  process, processes = hosts.start(plan)
+  primary = process == 0
+  ran_by = f"process {process} of {processes}"
   # First of all, before JAX loads (seconds): a second run on a workdir is refused
   # at once. Through the report, which is the run's too. A workdir the lock
   # created is removed again if the run is refused before writing to it.
-  with workdir_lock.hold(FLAGS.workdir):
+  with workdir_lock.hold(FLAGS.workdir) if primary else contextlib.nullcontext():
     config_files.add_sweeps(FLAGS.config, sweeps or {})
     store.check_workdir(FLAGS.workdir, FLAGS.config.to_json())  # another study's: refused
     from icsjax import devices
@@ -88,11 +112,13 @@ def main(argv, sweeps=None):
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     logging.getLogger("absl").addFilter(QuietLibraries(debug_requested(sys.argv)))
     study_lib.validate(FLAGS.config)  # before anything else, JAX's start included
-    print(devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices)))
+    split = devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices))
+    print(split if plan is None else f"{ran_by}: {split}")
     # A checkpoint save fails in a background thread: the run ends there, at once.
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress,
+               log=print if primary else lambda line: print(f"{ran_by}: {line}"),
                on_write_failure=write_errors.exit_at_once)
-    if FLAGS.report:
+    if FLAGS.report and primary:
       print(f"report: {report.write(FLAGS.workdir)}")
   return DONE
 
@@ -139,11 +165,22 @@ def run():
     if debug:
       traceback.print_exc()
     print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
-    sys.exit(USER_ERROR)
+    hosts.exit(USER_ERROR)
   except write_errors.WriteFailed as e:
     if debug:
       traceback.print_exc()
     write_errors.exit_at_once(e)  # not sys.exit: a save in flight may still hold a thread
+  except BaseException as e:  # a bug; or absl's exit, 0 when the study is done
+    if not hosts.joined() or (isinstance(e, SystemExit) and not e.code):
+      raise
+    if hosts.peer_lost(e):
+      if debug:
+        traceback.print_exc()
+      print(hosts.lost_line(e, shlex.join(["python", "-m", "icsjax.main", *original[1:]])),
+            file=sys.stderr)
+      hosts.exit(PEER_LOST)
+    traceback.print_exc()
+    hosts.exit(e.code if isinstance(e, SystemExit) else 1)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,8 @@ EXCLUDED = {
     "gsutil -m cp": "copies to a GCS bucket: needs the network and credentials",
     "export TFDS_DATA_DIR=gs://": "points at a GCS bucket: needs the network and credentials",
     "pip install gcsfs": "installs a package from the network",
+    "gcloud compute tpus tpu-vm ssh": "runs a study on every host of a TPU VM slice, or as a "
+        "SLURM job (srun): needs one (tests/test_multihost.py runs 2 processes on this machine)",
     "python benchmarks/study_rate.py":
         "a benchmark of a paper config (minutes to hours; `--config=...` is a placeholder)",
 }
