@@ -8,7 +8,9 @@ clean up after; ``POINT:N:INT`` sends SIGINT instead (Ctrl-C at that moment).
 ``POINT:N:STOP`` stops the process (SIGSTOP) there, for a test to change the
 workdir under it (make a directory unwritable, fill the disk) before it
 sends SIGCONT. ``checkpoint_saved`` is reached in the saving thread once a
-step is complete on disk.
+step is complete on disk; ``run_start`` once the workdir is checked, before
+the data loads (a process of a run of several that hangs there leaves the
+others waiting in their first collective).
 Unset, a point costs one environment lookup.
 """
 
@@ -16,7 +18,7 @@ import os
 import signal
 
 ENV = "ICSJAX_KILL_AT"
-POINTS = ("record_write", "checkpoint_save", "checkpoint_saved", "after_segment")
+POINTS = ("run_start", "record_write", "checkpoint_save", "checkpoint_saved", "after_segment")
 _reached: dict[str, int] = {}
 
 

@@ -28,10 +28,12 @@ import os
 import pathlib
 import secrets
 import sys
+import warnings
 
 from icsjax import config_files
 
 HEARTBEAT_SECONDS = 30
+CLUSTERS = ("GceTpuCluster", "GkeTpuCluster", "SlurmCluster", "OmpiCluster")  # JAX's names
 EXIT_CODE = 4  # README, "Exit codes": another process of the run stopped
 # How JAX's runtime words a collective or a barrier whose peer is gone.
 PEER_LOST = ("Gloo", "coordination service", "heartbeat", "Connection reset",
@@ -52,14 +54,17 @@ class Plan:
 
 
 def detected_cluster() -> tuple[str, int] | None:
-  """(name, processes) of a cluster environment JAX detects by itself (TPU VM
-  slice, SLURM, Open MPI, Kubernetes), None outside one. Asks JAX's own
-  detectors (private API, so a failure reads as no cluster)."""
+  """(name, processes) of a cluster JAX detects by itself (a TPU VM slice, a
+  SLURM job, Open MPI), None outside one. Asks JAX's own detectors (a private
+  API, so a failure reads as no cluster). Not Kubernetes': a pod is no
+  multi-host run by itself (give the flags there)."""
   try:
     from jax._src import clusters
-    for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
-      if not env.opt_in_only_method and env.is_env_present():
-        return env.__name__, int(env.get_process_count())
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
+        if env.__name__ in CLUSTERS and env.is_env_present():
+          return env.__name__, int(env.get_process_count())
   except Exception:  # pylint: disable=broad-exception-caught
     return None
   return None
@@ -190,6 +195,8 @@ def to_host(tree):
   devices of several processes is gathered (a collective: every process must
   call this, in the same order)."""
   import jax
+  if count() == 1:
+    return jax.device_get(tree)  # one transfer for the whole tree, as before
   from jax.experimental import multihost_utils
 
   def one(a):

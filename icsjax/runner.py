@@ -254,6 +254,7 @@ def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
   primary = hosts.primary()
   hosts.check_shared_workdir(workdir)  # several processes must see one workdir
   status = store.check_workdir(workdir, config.to_json())  # a different study: refused at once
+  faults.point("run_start")
   loaded = load_data(study)  # data that is not there: refused before the workdir is written
   if primary:
     log(f"study: {len(study.groups)} group(s), {study.num_models} models, "
