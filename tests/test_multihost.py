@@ -244,6 +244,17 @@ def test_a_single_process_never_calls_jax_distributed_initialize(monkeypatch):
   assert not calls and not hosts.joined()
 
 
+def test_a_run_of_several_without_its_coordinator_is_refused_in_one_line(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "icsjax.main", "--config=default",
+                        f"--workdir={tmp_path / 'w'}", "--num_processes=2", "--process_id=0"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [
+      "error: --num_processes=2 needs --coordinator_address too (--process_id from 0 to 1 on "
+      "each process, and the same --coordinator_address=HOST:PORT of process 0 on all)"]
+  assert not (tmp_path / "w").exists()
+
+
 def test_a_slurm_job_is_detected_as_a_cluster(monkeypatch):
   slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-4]", "SLURM_PROCID": "2",
            "SLURM_LOCALID": "0"}
