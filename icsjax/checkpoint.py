@@ -24,6 +24,13 @@ timeout of minutes for a directory that was never created. The failure
 removes the step's temporary directory (a full disk needs the room), is
 handed to ``on_failure`` at once (``icsjax.main`` ends the run with one line)
 and raised as ``write_errors.WriteFailed`` by the next ``save`` or ``wait``.
+
+With several processes (icsjax.hosts) the states are gathered from every
+process first, and process 0 alone writes them, with an orbax manager whose
+only process is itself (so orbax waits on no other); the others read the
+shared directory with read-only managers of their own. A checkpoint is
+therefore the same files however many processes saved it, and restores on
+any number.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from flax import serialization
 
 from icsjax import faults
 from icsjax import store
+from icsjax import hosts
 from icsjax import write_errors
 
 CHECKPOINTS = "checkpoints"
@@ -103,9 +111,17 @@ class Checkpoints:
     self._pending: tuple[int, threading.Thread, list, float] | None = None
     self.intact_step: int | None = None
     self.save_seconds: float | None = None
+    # Several processes: each its own one-process manager; only process 0 writes.
+    alone = hosts.count() > 1
+    self.writer = not alone or hosts.primary()
+    kwargs = dict(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=hosts.index(), active_processes={hosts.index()}),
+                  create=False, read_only=not self.writer) if alone else dict(create=True)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep or None, create=True, enable_async_checkpointing=False)
+        max_to_keep=keep or None, enable_async_checkpointing=False, **kwargs)
     with write_errors.writing(self.directory):
+      if alone and self.writer:
+        self.directory.mkdir(parents=True, exist_ok=True)  # orbax's create= cannot, here
       self.manager = ocp.CheckpointManager(self.directory, options=options)
     _quiet_closed_loop_callbacks()
 

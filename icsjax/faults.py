@@ -12,7 +12,9 @@ is still there, not a few steps later.
 ``POINT:N:STOP`` stops the process (SIGSTOP) there, for a test to change the
 workdir under it (make a directory unwritable, fill the disk) before it
 sends SIGCONT. ``checkpoint_saved`` is reached in the saving thread once a
-step is complete on disk.
+step is complete on disk; ``run_start`` once the workdir is checked, before
+the data loads (a process of a run of several that hangs there leaves the
+others waiting in their first collective).
 Unset, a point costs one environment lookup.
 """
 
@@ -21,7 +23,7 @@ import signal
 import time
 
 ENV = "ICSJAX_KILL_AT"
-POINTS = ("record_write", "checkpoint_save", "checkpoint_saved", "after_segment")
+POINTS = ("run_start", "record_write", "checkpoint_save", "checkpoint_saved", "after_segment")
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 HOLD_SECONDS = 0.5
 _reached: dict[str, int] = {}

@@ -10,8 +10,10 @@ write failed, or its filesystem has too little free space: one line names the
 path and the OS error; rerunning the same command resumes); 130 interrupted
 (Ctrl-C; rerunning the same command resumes); 75 preempted (SIGTERM: the
 segment in flight was saved, or the last intact checkpoint kept; rerunning
-the same command resumes; icsjax/preemption.py says why 75); 1 anything
-else, which is a bug (with its traceback).
+the same command resumes; icsjax/preemption.py says why 75); 4 (several
+processes) another process of the run stopped (rerunning on every host
+resumes); 1 anything else, which is a bug (with its traceback). Several
+processes (``--num_processes``, or a cluster JAX detects): README, "Many hosts".
 ``--debug`` (or ICSJAX_DEBUG=1) shows the traceback behind a refusal too.
 
 Only light modules are imported at the top, so that a mistake is reported at
@@ -19,6 +21,7 @@ once and Ctrl-C and SIGTERM are handled from the start; JAX is imported inside
 `main`.
 """
 
+import contextlib
 import logging
 import os
 import shlex
@@ -31,6 +34,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from icsjax import config_files
+from icsjax import hosts
 from icsjax import interrupt
 from icsjax import preemption
 from icsjax import store
@@ -41,6 +45,7 @@ from icsjax.fields import ConfigError
 
 DONE, USER_ERROR, NOT_WRITTEN, INTERRUPTED, PREEMPTED = (
     0, 2, write_errors.EXIT_CODE, interrupt.EXIT_CODE, preemption.EXIT_CODE)
+PEER_LOST = hosts.EXIT_CODE
 # What a user can get wrong; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, config_files.CommandLineError, flags.Error, FileExistsError,
                workdir_lock.WorkdirError, tfds_data.DatasetNotPreparedError)
@@ -57,6 +62,15 @@ flags.DEFINE_bool("report", True, "Write WORKDIR/report/ (figures, report.md, re
 flags.DEFINE_bool("tensorboard", True, "Write each segment's live metrics under "
                   "WORKDIR/tensorboard/ for `tensorboard --logdir WORKDIR/tensorboard`.")
 flags.DEFINE_bool("debug", False, f"Show the traceback of a refused run (also {DEBUG_ENV}=1).")
+flags.DEFINE_integer("num_processes", None, "Processes of one run over many hosts (the same "
+                     "command on each, with its own --process_id); unset: one process, or as "
+                     "many as a cluster JAX detects (TPU VM slice, SLURM) holds.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1; "
+                     "process 0 writes the workdir.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, where JAX's "
+                    "coordination service listens; the same on every process.")
+flags.DEFINE_integer("heartbeat_timeout", hosts.HEARTBEAT_SECONDS, "Seconds after which the "
+                     "processes of a run give up on one that stopped answering, and end.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -73,6 +87,8 @@ class QuietLibraries(logging.Filter):
     self.debug = debug
 
   def filter(self, record):
+    if "orbax" in record.pathname and "read only" in record.getMessage().replace("_", " "):
+      return False  # the managers of processes other than 0 only read, by design
     if "orbax" in record.pathname:
       return record.levelno >= logging.WARNING and (self.debug or record.levelno < logging.ERROR)
     if "tensorflow_datasets" in record.pathname:
@@ -82,10 +98,18 @@ class QuietLibraries(logging.Filter):
 
 def main(argv, sweeps=None, stop: preemption.Stop | None = None):
   del argv
+  plan = hosts.plan(FLAGS.num_processes, FLAGS.process_id, FLAGS.coordinator_address,
+                    FLAGS.heartbeat_timeout,
+                    hosts.detected_cluster() if FLAGS.num_processes is None else None)
+  # Several processes: JAX's distributed runtime first (before any backend), and
+  # process 0 alone locks and writes the workdir.
+  process, processes = hosts.start(plan)
+  primary = process == 0
+  ran_by = f"process {process} of {processes}"
   # First of all, before JAX loads (seconds): a second run on a workdir is refused
   # at once. Through the report, which is the run's too. A workdir the lock
   # created is removed again if the run is refused before writing to it.
-  with workdir_lock.hold(FLAGS.workdir):
+  with workdir_lock.hold(FLAGS.workdir) if primary else contextlib.nullcontext():
     config_files.add_sweeps(FLAGS.config, sweeps or {})
     store.check_workdir(FLAGS.workdir, FLAGS.config.to_json())  # another study's: refused
     from icsjax import devices
@@ -96,12 +120,15 @@ def main(argv, sweeps=None, stop: preemption.Stop | None = None):
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     logging.getLogger("absl").addFilter(QuietLibraries(debug_requested(sys.argv)))
     study_lib.validate(FLAGS.config)  # before anything else, JAX's start included
-    print(devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices)))
+    split = devices.split_cpu_host(devices.requested(FLAGS.config.cpu_devices))
+    print(split if plan is None else f"{ran_by}: {split}")
     # A checkpoint save fails in a background thread: the run ends there, at once.
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress,
-               on_write_failure=write_errors.exit_at_once, stop=stop,
+               log=print if primary else lambda line: print(f"{ran_by}: {line}"),
+               on_write_failure=write_errors.exit_at_once,
+               stop=stop if processes == 1 else preemption.AtSyncPoint(stop.command),
                tensorboard=FLAGS.tensorboard)
-    if FLAGS.report:
+    if FLAGS.report and primary:
       print(f"report: {report.write(FLAGS.workdir)}")
   return DONE
 
@@ -154,13 +181,27 @@ def run():
     if debug:
       traceback.print_exc()
     print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
-    sys.exit(USER_ERROR)
+    hosts.exit(USER_ERROR)
   except write_errors.WriteFailed as e:
     if debug:
       traceback.print_exc()
     write_errors.exit_at_once(e)  # not sys.exit: a save in flight may still hold a thread
   except preemption.Preempted as e:
+    if hosts.joined():  # every process stopped at the same boundary
+      print(preemption.stopped_line(e, stop.command), file=sys.stderr)
+      hosts.exit(PREEMPTED)
     interrupt.end_process(preemption.stopped_line(e, stop.command), PREEMPTED)
+  except BaseException as e:  # a bug; or absl's exit, 0 when the study is done
+    if not hosts.joined() or (isinstance(e, SystemExit) and not e.code):
+      raise
+    if hosts.peer_lost(e):
+      if debug:
+        traceback.print_exc()
+      print(hosts.lost_line(e, shlex.join(["python", "-m", "icsjax.main", *original[1:]])),
+            file=sys.stderr)
+      hosts.exit(PEER_LOST)
+    traceback.print_exc()
+    hosts.exit(e.code if isinstance(e, SystemExit) else 1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Where a group's models run: the model axis over local devices, padding to a
-multiple of the device count, and, on a CPU, chunks of models a device trains
+"""Where a group's models run: the model axis over the devices of every process
+(icsjax.hosts), padding to a multiple of the device count, and, on a CPU, chunks of models a device trains
 at a time and one model per device for a probe that wants its own cache.
 
 Measured reasons for each choice are in benchmarks/README.md.
@@ -11,26 +11,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icsjax import hosts
+
 MODEL_CHUNK = 4  # models a CPU device trains at a time, where its share allows
 DEFAULT_PROBE_MEMORY = 2 * 2**30  # an accelerator that does not report its memory
 
 
-def devices_for(num_models: int, available: int) -> int:
+def devices_for(num_models: int, available: int, processes: int = 1) -> int:
   """How many devices a group's model axis spans: the fewest models per device,
-  then the least padding (9 models on 4 devices: 3 devices of 3, not 4 of 3)."""
+  then the least padding (9 models on 4 devices: 3 devices of 3, not 4 of 3).
+  With several processes, a multiple of their count: each runs its share of
+  every segment, so each must hold some of its models."""
   per_device = lambda d: -(-num_models // d)
-  return min(range(1, min(num_models, available) + 1),
+  most = min(available, -(-num_models // processes) * processes)
+  return min(range(processes, most + 1, processes),
              key=lambda d: (per_device(d), d * per_device(d) - num_models))
 
 
 def model_mesh(devices: int) -> jax.sharding.Mesh:
-  """The first `devices` local devices along one axis, "model"."""
-  return jax.sharding.Mesh(np.array(jax.local_devices()[:devices]), ("model",))
+  """`devices` devices along one axis, "model": the first ones of one process, or
+  as many of each process's (hosts.model_devices)."""
+  return jax.sharding.Mesh(np.array(hosts.model_devices(devices)), ("model",))
 
 
 def model_sharding(num_models: int):
-  """The model axis laid out over the local devices that share it best (None: one)."""
-  d = devices_for(num_models, jax.local_device_count())
+  """The model axis laid out over the devices that share it best (None: one)."""
+  d = devices_for(num_models, jax.device_count(), hosts.count())
   if d == 1:
     return None
   return jax.sharding.NamedSharding(model_mesh(d), jax.sharding.PartitionSpec("model"))

@@ -107,6 +107,28 @@ class Never:
     return False
 
 
+class AtSyncPoint:
+  """Several processes (icsjax.hosts): JAX's preemption service, started by
+  jax.distributed.initialize, catches SIGTERM on any process and spreads the
+  notice; `requested` asks it at every boundary, with the boundary's segment
+  number as the consecutive id it wants, and it answers True on every process
+  at the same boundary. JAX picks that boundary by step, not by time, so the
+  budget does not apply here: a platform that kills sooner than a segment
+  takes leaves the last intact checkpoint, as any kill does."""
+
+  def __init__(self, command: str):
+    self.command = command
+    self._segment_steps = 1
+
+  def begin(self, boundaries: range, budget: float, checkpoints) -> None:
+    del budget, checkpoints
+    self._segment_steps = boundaries.step
+
+  def requested(self, step: int) -> bool:
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.reached_preemption_sync_point(step // self._segment_steps))
+
+
 def expected_to_fit(budget_left: float, running_for: float, estimate: float | None) -> bool:
   """Whether work estimated to take `estimate` seconds in all, which has run
   for `running_for`, is expected to end within `budget_left` seconds. Work

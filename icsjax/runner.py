@@ -3,6 +3,7 @@ checkpointing as it goes and resuming where a killed run stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import time
@@ -16,6 +17,7 @@ from icsjax import checkpoint as checkpoint_lib
 from icsjax import data as data_lib
 from icsjax import failure
 from icsjax import faults
+from icsjax import hosts
 from icsjax import live_metrics
 from icsjax import placement
 from icsjax import preemption
@@ -96,9 +98,10 @@ def build_group_runs(study: study_lib.Study, loaded: dict | None = None) -> list
 
 
 def host_state(gr: GroupRun) -> ModelState:
-  """The group's state on the host, its real models only (what a checkpoint holds)."""
+  """The group's state on the host, its real models only (what a checkpoint holds);
+  gathered from every process (each must call this)."""
   return jax.tree_util.tree_map(lambda a: np.asarray(a)[:gr.group.size],
-                                jax.device_get(gr.state))
+                                hosts.to_host(gr.state))
 
 
 def checkpoint_steps(config) -> list[int]:
@@ -152,7 +155,7 @@ def run_segment(gr: GroupRun, start: int, dispatched: Callable[[], None] = lambd
   are awaited."""
   k = gr.group.size  # drop the padding models
   on_host = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[:k],
-                                                jax.device_get(tree))
+                                                hosts.to_host(tree))
   initial = (on_host(gr.loop.at_init(gr.state, gr.hparams, gr.model_seeds, gr.data))
              if start == 0 else {})
   gr.state, records = gr.loop.segment(gr.state, gr.hparams, gr.model_seeds, gr.data,
@@ -186,9 +189,18 @@ def resume(runs: list[GroupRun], checkpoints, config, workdir, fingerprint: str,
     step, states = checkpoints.restore_latest(
         {gr.group.name: host_state(gr) for gr in runs},
         fingerprint, at_most=written * seg, log=log)
-    checkpoints.delete_after(step)
+  # Every process read the shared workdir itself: they must have found the same step.
+  steps = [s[0] for s in hosts.gather_ints([step])]
+  if len(set(steps)) > 1:
+    raise RuntimeError(f"the processes of this run resume from different checkpoints "
+                       f"(steps {steps}): the workdir changed while they read it")
+  hosts.barrier("icsjax-resume-read")  # before process 0 deletes what the others read
+  if hosts.primary():
+    if checkpoints is not None:
+      checkpoints.delete_after(step)
+    for gr in runs:
+      store.truncate(workdir, gr.group.name, step // seg)
   for gr in runs:
-    store.truncate(workdir, gr.group.name, step // seg)
     if states is not None:
       gr.state = placement.place(states[gr.group.name], gr.group.size)
   if step:
@@ -204,8 +216,9 @@ def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, 
                                compiles: bool = False,
                                live: live_metrics.LiveMetrics | None = None) -> None:
   """Trains every group through segment `seg` and writes its records, then its
-  live metrics (`live`, when given); `compiles`: this process calls each group's
-  loop for the first time (the bar says so)."""
+  live metrics (`live`, when given), on process 0 only (every process trains);
+  `compiles`: this process calls each group's loop for the first time (the bar
+  says so)."""
   start = seg * config.segment_steps
   for gr in runs:
     if compiles:
@@ -213,12 +226,13 @@ def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, 
     started = time.perf_counter()
     records = run_segment(gr, start, bar.compiled if compiles else lambda: None)
     seconds = time.perf_counter() - started
-    if seg == 0:
-      store.write_schema(workdir, gr.group.name, schema(gr, records))
-    store.write_segment(workdir, gr.group.name, seg, records,
-                        records_lib.time_coords(gr.spec.run, start))
-    if live is not None:
-      live.write(gr.group, gr.spec, records, start, seconds, compiles)
+    if hosts.primary():
+      if seg == 0:
+        store.write_schema(workdir, gr.group.name, schema(gr, records))
+      store.write_segment(workdir, gr.group.name, seg, records,
+                          records_lib.time_coords(gr.spec.run, start))
+      if live is not None:
+        live.write(gr.group, gr.spec, records, start, seconds, compiles)
     bar.group_done(config.segment_steps)
 
 
@@ -247,7 +261,8 @@ def run(config, workdir, *, progress: bool = True, log=print,
   (icsjax.live_metrics).
   """
   study = study_lib.expand(config)  # every config error surfaces here, before compute
-  with workdir_lock.hold(workdir):
+  # Several processes: process 0 alone writes the workdir, and alone locks it.
+  with workdir_lock.hold(workdir) if hosts.primary() else contextlib.nullcontext():
     return _run_locked(study, workdir, progress, log, on_write_failure,
                        stop or preemption.Never(), tensorboard)
 
@@ -255,40 +270,62 @@ def run(config, workdir, *, progress: bool = True, log=print,
 def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
                 on_write_failure, stop: preemption.Stop, tensorboard: bool) -> dict:
   config = study.config
-  store.check_workdir(workdir, config.to_json())  # a different study: refused at once
+  primary = hosts.primary()
+  hosts.check_shared_workdir(workdir)  # several processes must see one workdir
+  status = store.check_workdir(workdir, config.to_json())  # a different study: refused at once
+  faults.point("run_start")
   loaded = load_data(study)  # data that is not there: refused before the workdir is written
-  log(f"study: {len(study.groups)} group(s), {study.num_models} models, "
-      f"{config.steps} steps, on {len(jax.local_devices())} {jax.devices()[0].platform} "
-      f"device(s)")
+  if primary:
+    log(f"study: {len(study.groups)} group(s), {study.num_models} models, "
+        f"{config.steps} steps, on {jax.device_count()} {jax.devices()[0].platform} "
+        f"device(s)" + (f" of {hosts.count()} processes" if hosts.count() > 1 else ""))
   runs = build_group_runs(study, loaded)
   check_free_space(runs, config, workdir)  # too little room: refused before the workdir is written
-  status = store.prepare_workdir(workdir, config.to_json(), grid_json(study))
-  checkpoints = (checkpoint_lib.Checkpoints(workdir, config.checkpoint_keep,
-                                            on_failure=on_write_failure)
-                 if config.checkpoint_segments else None)
+  if primary:
+    if status == "resume":
+      changed = store.changed_versions(workdir)
+      if changed:
+        log(f"{workdir} was written with other versions ({changed}): resumed results will "
+            f"be close to an uninterrupted run's but no longer bitwise identical")
+    store.prepare_workdir(workdir, config.to_json(), grid_json(study))
+  hosts.barrier("icsjax-workdir-prepared")  # every process has checked it before
+  checkpoints = None
+  if config.checkpoint_segments:
+    for writer in (True, False):  # process 0 makes the directory the others open
+      if writer == primary:
+        checkpoints = checkpoint_lib.Checkpoints(
+            workdir, config.checkpoint_keep, on_failure=on_write_failure if primary else None)
+      hosts.barrier(f"icsjax-checkpoints-{writer}")
   fingerprint = checkpoint_lib.fingerprint(config.to_json())
   try:
-    first = (resume(runs, checkpoints, config, workdir, fingerprint, log)
+    first = (resume(runs, checkpoints, config, workdir, fingerprint,
+                    log if primary else lambda *_: None)
              if status == "resume" else 0)
-    bar = Progress(config.steps, len(runs), study.num_models, progress,
+    bar = Progress(config.steps, len(runs), study.num_models, progress and primary,
                    first * config.segment_steps)
     seg_steps = config.segment_steps
     stop.begin(range((first + 1) * seg_steps, config.steps + 1, seg_steps),
                config.preemption_budget_seconds, checkpoints)
-    live = live_metrics.LiveMetrics(workdir, first * seg_steps) if tensorboard else None
+    live = (live_metrics.LiveMetrics(workdir, first * seg_steps) if tensorboard and primary
+            else None)
     for seg in range(first, study.num_segments):
       run_segment_of_every_group(runs, seg, config, workdir, bar, compiles=seg == first,
                                  live=live)
       faults.point("after_segment")
       end = (seg + 1) * seg_steps
+      if not primary:
+        log(f"segment {seg + 1} of {study.num_segments} done (step {end})")
       stopping = stop.requested(end)
       # After every group's records of the segment: a checkpoint never runs ahead of them.
       if checkpoints is not None and (stopping or (seg + 1) % config.checkpoint_segments == 0
                                       or end == config.steps):
-        checkpoints.save(end, {gr.group.name: host_state(gr) for gr in runs}, fingerprint)
+        states = {gr.group.name: host_state(gr) for gr in runs}  # every process gathers
+        if primary:
+          checkpoints.save(end, states, fingerprint)
       if stopping:
-        if checkpoints is not None:
+        if checkpoints is not None and primary:
           checkpoints.wait()  # on disk before the run ends; a failed save raises WriteFailed
+        hosts.barrier("icsjax-preempted")  # no process ends before the save is on disk
         raise preemption.Preempted(end, checkpointed=checkpoints is not None)
   except BaseException:
     if checkpoints is not None:
@@ -299,6 +336,8 @@ def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
   if live is not None:
     live.close()
   bar.close()
+  if not primary:
+    return {}
   datasets = store.load(workdir)
   log(summary_lib.write(pathlib.Path(workdir), datasets, config.eval_every))
   return datasets

@@ -32,7 +32,7 @@ import numpy as np
 
 from icsjax import faults
 from icsjax import write_errors
-from icsjax.workdir_lock import LOCK_FILE
+from icsjax.workdir_lock import LOCK_FILE, SHARED_MARKER
 
 RECORDS = "records"
 SEGMENT_RE = re.compile(r"segment_(\d{6})\.npz$")
@@ -228,6 +228,24 @@ def study_identity(config_json: str) -> dict:
   return {k: v for k, v in config.items() if k not in KEEPING_FIELDS}
 
 
+# What makes a resumed run's arithmetic differ from the run that wrote the
+# workdir. Not the devices: a study resumes bitwise on another device or process
+# count. Not the OS string, which changes with every kernel update.
+VERSIONS_IGNORED = ("devices", "platform")
+
+
+def changed_versions(workdir) -> str:
+  """'jax 0.10.1 -> 0.10.2, ...' for each library (and Python) whose version in
+  WORKDIR/versions.json differs from the running one; '' when none does, or
+  when the workdir has no versions.json."""
+  path = pathlib.Path(workdir) / "versions.json"
+  if not path.exists():
+    return ""
+  then, now = read_json(path), versions()
+  return ", ".join(f"{k} {then.get(k)} -> {now.get(k)}" for k in sorted(set(then) | set(now))
+                   if k not in VERSIONS_IGNORED and then.get(k) != now.get(k))
+
+
 def check_workdir(workdir, config_json: str) -> str:
   """"new" or "resume" (a workdir of this same study: the same config up to
   KEEPING_FIELDS); raises FileExistsError for one that holds a different study,
@@ -240,8 +258,9 @@ def check_workdir(workdir, config_json: str) -> str:
           f"--workdir={workdir} holds a study with a different config; "
           f"choose another --workdir or delete that one")
     return "resume"
-  # The lock file is the run's own, taken before this check.
-  if workdir.exists() and any(p.name != LOCK_FILE for p in workdir.iterdir()):
+  # The lock file is the run's own, taken before this check (and the marker too).
+  if workdir.exists() and any(p.name not in (LOCK_FILE, SHARED_MARKER)
+                                                 for p in workdir.iterdir()):
     raise FileExistsError(f"--workdir={workdir} is not empty and holds no icsjax study; "
                           f"choose another --workdir")
   return "new"

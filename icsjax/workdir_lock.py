@@ -34,6 +34,9 @@ import time
 from icsjax import write_errors
 
 LOCK_FILE = "run.lock"
+# Written by process 0 of a run of several, read by the others, then deleted
+# (icsjax.hosts.check_shared_workdir); like the lock, no study's file.
+SHARED_MARKER = "hosts_marker"
 RETRY_SECONDS = 2.0
 _RETRY_EVERY = 0.05
 
