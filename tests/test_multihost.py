@@ -177,6 +177,28 @@ def test_a_killed_process_stops_the_other_and_one_process_resumes(reference, con
   assert_bitwise_equal(records(workdir), records(reference[0]))
 
 
+def test_a_preemption_notice_stops_both_processes_at_one_step(reference, config_file,
+                                                             tmp_path):
+  """SIGTERM to process 1 after its first segment: JAX's preemption service
+  spreads the notice, both stop at the same boundary (the first one all of
+  them reach after it), process 0 saves it, both exit 75; the rerun resumes."""
+  from icsjax import preemption
+  workdir = tmp_path / "w"
+  results = finish(start(config_file, [workdir, workdir],
+                         kill_at=("", "after_segment:1:TERM")))
+  for code, _, err, _ in results:
+    assert code == preemption.EXIT_CODE, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("preempted:")]
+    assert len(lines) == 1 and "saved a checkpoint at step" in lines[0], err[-2000:]
+  step = int(results[0][2].split("saved a checkpoint at step ")[1].split(";")[0])
+  assert f"at step {step};" in results[1][2]  # the same boundary on both
+  assert step in (20, 40) and max(checkpoint_checksums(workdir)) == step
+  [(code, out, err, _)] = finish(start(config_file, [workdir], devices=4))
+  assert code == 0, err[-3000:]
+  assert f"resuming it at step {step}" in out, out
+  assert_bitwise_equal(records(workdir), records(reference[0]))
+
+
 def stopped(pid: int) -> bool:
   with open(f"/proc/{pid}/stat") as f:
     return f.read().rsplit(")", 1)[1].split()[0] == "T"
