@@ -11,7 +11,10 @@ dict (``flax.serialization.to_state_dict``), so a checkpoint restores on any
 device count and loads in a notebook without the training code's classes.
 
 Orbax writes a step into a temporary directory and renames it when complete,
-so a kill mid-save leaves no step behind. What a rename cannot catch (a file
+so a kill mid-save leaves no step behind. In a bucket (gs://, written by
+tensorstore) orbax renames nothing: it writes the step in place and marks it
+complete with a ``commit_success.txt`` written last, and lists only steps
+that have one. What a rename cannot catch (a file
 truncated or lost afterwards, metadata deleted) the checksum does: a restore
 that fails or reads different bytes raises ``CorruptCheckpoint``, and
 ``restore_latest`` falls back to the step before.
@@ -28,8 +31,8 @@ and raised as ``write_errors.WriteFailed`` by the next ``save`` or ``wait``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import pathlib
 import shutil
 import sys
 import threading
@@ -40,6 +43,7 @@ import numpy as np
 from flax import serialization
 
 from icsjax import faults
+from icsjax import workdir_path
 from icsjax import write_errors
 
 CHECKPOINTS = "checkpoints"
@@ -70,8 +74,8 @@ def checksum(tree) -> str:
   return h.hexdigest()
 
 
-def directory(workdir) -> pathlib.Path:
-  return pathlib.Path(workdir).absolute() / CHECKPOINTS
+def directory(workdir):
+  return workdir_path.absolute(workdir) / CHECKPOINTS
 
 
 class Checkpoints:
@@ -127,7 +131,7 @@ class Checkpoints:
         raise FileNotFoundError(f"the save left no directory {self.directory / str(step)}")
     except Exception as e:  # orbax raises OSError, or tensorstore's ValueError quoting one
       for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
       failure.append(write_errors.WriteFailed(self.directory / str(step), write_errors.reason(e)))
       failure[0].__cause__ = e
       if self.on_failure is not None:
@@ -263,6 +267,14 @@ def _quiet_closed_loop_callbacks() -> None:
 
   hook.icsjax_quiet = True
   sys.unraisablehook = hook
+
+
+def _remove_tree(path) -> None:
+  if workdir_path.in_bucket(path):
+    with contextlib.suppress(OSError):
+      path.rmtree(missing_ok=True)
+  else:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _as_numpy(tree):

@@ -74,6 +74,10 @@ class QuietLibraries(logging.Filter):
 
 def main(argv, sweeps=None):
   del argv
+  # A bucket workdir's filesystem (gcsfs, fsspec) logs each file it opens at INFO,
+  # which absl's handler would print; their warnings and errors still show.
+  for name in ("fsspec", "gcsfs"):
+    logging.getLogger(name).setLevel(logging.WARNING)
   # First of all, before JAX loads (seconds): a second run on a workdir is refused
   # at once. Through the report, which is the run's too. A workdir the lock
   # created is removed again if the run is refused before writing to it.
