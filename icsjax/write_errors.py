@@ -80,11 +80,20 @@ def reason(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def writing(path):
-  """Inside the block, an OSError becomes WriteFailed naming `path`."""
+  """Inside the block, an OSError, or an error of the Cloud Storage client, becomes
+  WriteFailed naming `path`."""
   try:
     yield
-  except OSError as e:
+  except Exception as e:
+    if not isinstance(e, OSError) and not _bucket_client_error(e):
+      raise
     raise WriteFailed(path, reason(e)) from e
+
+
+def _bucket_client_error(e: Exception) -> bool:
+  """gcsfs maps a refused request to an OSError (403 Forbidden, 404), but raises
+  its own HttpError for the rest (a 5xx after its retries, 401 unauthorised)."""
+  return type(e).__module__.startswith("gcsfs.")
 
 
 def line(e: WriteFailed) -> str:

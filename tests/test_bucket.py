@@ -24,6 +24,7 @@ from icsjax import runner
 from icsjax import store
 from icsjax import workdir_lock
 from icsjax import workdir_path
+from icsjax import write_errors
 from test_clean_failures import LOCK_HOLDER, TINY
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -222,3 +223,13 @@ def test_of_two_runs_taking_a_bucket_lock_at_once_one_is_refused(gcs_bucket, mon
     with workdir_lock.hold(workdir):
       pass
   assert json.loads(workdir_lock.lock_path(workdir).read_text())["pid"] == 7  # untouched
+
+
+def test_an_error_of_the_bucket_client_is_a_write_failure():
+  from gcsfs.retry import HttpError
+  with pytest.raises(write_errors.WriteFailed, match="could not write gs://b/w/x: Unauthorized"):
+    with write_errors.writing("gs://b/w/x"):
+      raise HttpError({"code": 401, "message": "Unauthorized"})
+  with pytest.raises(ValueError):  # anything else is a bug, not a write failure
+    with write_errors.writing("gs://b/w/x"):
+      raise ValueError("a bug")
