@@ -24,7 +24,9 @@ meanwhile), through orbax's synchronous path: a save that cannot write (an
 unwritable directory, a full disk) then raises in that thread at once, where
 orbax's asynchronous path would leave its helper threads waiting out a
 timeout of minutes for a directory that was never created. The failure
-removes the step's temporary directory (a full disk needs the room), is
+removes the step's temporary directory (a full disk needs the room; in a
+bucket the unfinished step, which no listing counts, stays until orbax
+clears it before saving that step again), is
 handed to ``on_failure`` at once (``icsjax.main`` ends the run with one line)
 and raised as ``write_errors.WriteFailed`` by the next ``save`` or ``wait``.
 """
