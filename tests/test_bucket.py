@@ -233,3 +233,21 @@ def test_an_error_of_the_bucket_client_is_a_write_failure():
   with pytest.raises(ValueError):  # anything else is a bug, not a write failure
     with write_errors.writing("gs://b/w/x"):
       raise ValueError("a bug")
+
+
+def test_a_checkpoint_step_without_its_commit_file_is_not_listed_and_is_saved_again(
+    gcs_bucket):
+  """In a bucket orbax renames nothing: a step counts once its commit_success.txt
+  exists (a save killed before it leaves a step no listing shows), and saving
+  that step again replaces what the unfinished one left."""
+  workdir = gcs_bucket.uri("unfinished-step")
+  state = {"w": np.arange(6.0).reshape(2, 3)}
+  with checkpoint_lib.Checkpoints(workdir, async_save=False) as checkpoints:
+    for step in (20, 40):
+      checkpoints.save(step, {"g": state}, "fingerprint")
+    (checkpoint_lib.directory(workdir) / "40" / "commit_success.txt").unlink()
+    assert checkpoints.steps() == [20]
+    again = {"w": state["w"] + 1}
+    checkpoints.save(40, {"g": again}, "fingerprint")
+    assert checkpoints.steps() == [20, 40]
+    np.testing.assert_array_equal(checkpoints.read(40, ["g"])["g"]["w"], again["w"])
