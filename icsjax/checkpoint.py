@@ -11,7 +11,10 @@ dict (``flax.serialization.to_state_dict``), so a checkpoint restores on any
 device count and loads in a notebook without the training code's classes.
 
 Orbax writes a step into a temporary directory and renames it when complete,
-so a kill mid-save leaves no step behind. What a rename cannot catch (a file
+so a kill mid-save leaves no step behind. In a bucket (gs://, written by
+tensorstore) orbax renames nothing: it writes the step in place and marks it
+complete with a ``commit_success.txt`` written last, and lists only steps
+that have one. What a rename cannot catch (a file
 truncated or lost afterwards, metadata deleted) the checksum does: a restore
 that fails or reads different bytes raises ``CorruptCheckpoint``, and
 ``restore_latest`` falls back to the step before.
@@ -21,7 +24,9 @@ meanwhile), through orbax's synchronous path: a save that cannot write (an
 unwritable directory, a full disk) then raises in that thread at once, where
 orbax's asynchronous path would leave its helper threads waiting out a
 timeout of minutes for a directory that was never created. The failure
-removes the step's temporary directory (a full disk needs the room), is
+removes the step's temporary directory (a full disk needs the room; in a
+bucket the unfinished step, which no listing counts, stays until orbax
+clears it before saving that step again), is
 handed to ``on_failure`` at once (``icsjax.main`` ends the run with one line)
 and raised as ``write_errors.WriteFailed`` by the next ``save`` or ``wait``.
 
@@ -35,9 +40,9 @@ any number.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import pathlib
 import shutil
 import sys
 import threading
@@ -49,8 +54,9 @@ import numpy as np
 from flax import serialization
 
 from icsjax import faults
-from icsjax import store
 from icsjax import hosts
+from icsjax import store
+from icsjax import workdir_path
 from icsjax import write_errors
 
 CHECKPOINTS = "checkpoints"
@@ -84,8 +90,8 @@ def checksum(tree) -> str:
   return h.hexdigest()
 
 
-def directory(workdir) -> pathlib.Path:
-  return pathlib.Path(workdir).absolute() / CHECKPOINTS
+def directory(workdir):
+  return workdir_path.absolute(workdir) / CHECKPOINTS
 
 
 class Checkpoints:
@@ -158,7 +164,7 @@ class Checkpoints:
         raise FileNotFoundError(f"the save left no directory {self.directory / str(step)}")
     except Exception as e:  # orbax raises OSError, or tensorstore's ValueError quoting one
       for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
       failure.append(write_errors.WriteFailed(self.directory / str(step), write_errors.reason(e)))
       failure[0].__cause__ = e
       if self.on_failure is not None:
@@ -309,6 +315,14 @@ def _quiet_closed_loop_callbacks() -> None:
 
   hook.icsjax_quiet = True
   sys.unraisablehook = hook
+
+
+def _remove_tree(path) -> None:
+  if workdir_path.in_bucket(path):
+    with contextlib.suppress(OSError):
+      path.rmtree(missing_ok=True)
+  else:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _as_numpy(tree):

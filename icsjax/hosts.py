@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import secrets
 import sys
 import warnings
@@ -230,7 +229,8 @@ def check_shared_workdir(workdir) -> None:
   if count() == 1:
     return
   from icsjax import workdir_lock
-  marker = pathlib.Path(workdir) / workdir_lock.SHARED_MARKER
+  from icsjax import workdir_path
+  marker = workdir_path.path(workdir) / workdir_lock.SHARED_MARKER
   if primary():
     marker.write_text(secrets.token_hex(16))
   barrier("icsjax-workdir-marker-written")

@@ -98,6 +98,10 @@ class QuietLibraries(logging.Filter):
 
 def main(argv, sweeps=None, stop: preemption.Stop | None = None):
   del argv
+  # A bucket workdir's filesystem (gcsfs, fsspec) logs each file it opens at INFO,
+  # which absl's handler would print; their warnings and errors still show.
+  for name in ("fsspec", "gcsfs"):
+    logging.getLogger(name).setLevel(logging.WARNING)
   plan = hosts.plan(FLAGS.num_processes, FLAGS.process_id, FLAGS.coordinator_address,
                     FLAGS.heartbeat_timeout,
                     hosts.detected_cluster() if FLAGS.num_processes is None else None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import pathlib
 import time
 from typing import Callable
 
@@ -27,6 +26,7 @@ from icsjax import study as study_lib
 from icsjax import summary as summary_lib
 from icsjax import train
 from icsjax import workdir_lock
+from icsjax import workdir_path
 from icsjax import write_errors
 from icsjax.progress import Progress
 from icsjax.spec import GroupSpec
@@ -135,9 +135,12 @@ def bytes_needed(runs: list[GroupRun], config) -> tuple[int, int]:
 
 def check_free_space(runs: list[GroupRun], config, workdir) -> None:
   """Refuses a run whose workdir's filesystem has less room than `bytes_needed`
-  (less what a resumed run's records and checkpoints already hold)."""
+  (less what a resumed run's records and checkpoints already hold). A bucket
+  workdir has no free space to check."""
+  if workdir_path.in_bucket(workdir):
+    return
   records, checkpoints = bytes_needed(runs, config)
-  held = (write_errors.bytes_under(pathlib.Path(workdir) / store.RECORDS)
+  held = (write_errors.bytes_under(workdir_path.path(workdir) / store.RECORDS)
           + write_errors.bytes_under(checkpoint_lib.directory(workdir)))
   write_errors.check_free_space(
       workdir, max(0, records + checkpoints - held),
@@ -339,5 +342,5 @@ def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
   if not primary:
     return {}
   datasets = store.load(workdir)
-  log(summary_lib.write(pathlib.Path(workdir), datasets, config.eval_every))
+  log(summary_lib.write(workdir_path.path(workdir), datasets, config.eval_every))
   return datasets

@@ -15,6 +15,17 @@ A segment file is written to a temporary name and renamed, so it is either
 whole or absent; truncating a run back to step S is deleting the segment
 files that end after S. Loading concatenates segments along each
 variable's time axis (step, record_step, eval_step, ...), as schema.json says.
+
+In a bucket (``--workdir=gs://...``, icsjax.workdir_path) there is no atomic
+rename, so "a half-written segment is never read as complete" rests on two
+things instead. Each file is uploaded whole from memory in one upload (Cloud
+Storage makes an object visible only once its upload is complete, so a
+killed upload leaves no object, never a short one). And a segment counts only
+once its commit marker ``segment_NNNNNN.npz.commit`` exists, written after the
+segment object: a segment object without its marker (a run killed between
+the two, or a store that shows objects early) is not read, and a resumed run
+deletes it with the segments after its checkpoint. Nothing is fsynced
+(an upload that returned is durable) and no temporary files are left.
 """
 
 from __future__ import annotations
@@ -23,7 +34,6 @@ import contextlib
 import io
 import json
 import os
-import pathlib
 import platform
 import re
 from typing import Any
@@ -31,24 +41,36 @@ from typing import Any
 import numpy as np
 
 from icsjax import faults
+from icsjax import workdir_path
 from icsjax import write_errors
 from icsjax.workdir_lock import LOCK_FILE, SHARED_MARKER
 
 RECORDS = "records"
 SEGMENT_RE = re.compile(r"segment_(\d{6})\.npz$")
+COMMIT = ".commit"  # a bucket segment's marker: segment_NNNNNN.npz.commit, written after it
+COMMIT_RE = re.compile(r"segment_(\d{6})\.npz\.commit$")
 
 
-def write_atomic(path: pathlib.Path, write, kill_point: str = "") -> None:
-  """Calls write(file) on a temporary file, syncs it, then renames it to path.
+def write_atomic(path, write, kill_point: str = "") -> None:
+  """Calls write(file) on a temporary file, syncs it, then renames it to path;
+  in a bucket, uploads the bytes whole in one upload instead.
 
-  kill_point names a faults.point reached halfway through the bytes, so tests
-  can kill a run mid-write. An OS error (an unwritable directory, a full disk)
-  raises write_errors.WriteFailed naming `path`, after removing the temporary
-  file, which a full disk needs back."""
-  tmp = path.with_name(path.name + ".tmp")
+  kill_point names a faults.point reached halfway through the bytes (in a
+  bucket: once the object is uploaded), so tests can kill a run mid-write. An
+  OS error (an unwritable directory, a full disk) raises
+  write_errors.WriteFailed naming `path`, after removing the temporary file,
+  which a full disk needs back."""
+  path = workdir_path.path(path)
   buf = io.BytesIO()
   write(buf)
   data = buf.getbuffer()
+  if workdir_path.in_bucket(path):
+    with write_errors.writing(path):
+      path.write_bytes(bytes(data))
+    if kill_point:
+      faults.point(kill_point)
+    return
+  tmp = path.with_name(path.name + ".tmp")
   try:
     with write_errors.writing(path):
       with open(tmp, "wb") as f:
@@ -66,7 +88,7 @@ def write_atomic(path: pathlib.Path, write, kill_point: str = "") -> None:
     raise
 
 
-def write_json(path: pathlib.Path, obj: Any) -> None:
+def write_json(path, obj: Any) -> None:
   write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1, default=_jsonable).encode()))
 
 
@@ -78,8 +100,8 @@ def _jsonable(x):
   raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
-def group_dir(workdir, group: str) -> pathlib.Path:
-  return pathlib.Path(workdir) / RECORDS / group
+def group_dir(workdir, group: str) -> workdir_path.epath.Path:
+  return workdir_path.path(workdir) / RECORDS / group
 
 
 def write_schema(workdir, group: str, schema: dict) -> None:
@@ -97,18 +119,30 @@ def make_schema(variables: dict, fixed_coords: dict, attrs: dict) -> dict:
 
 
 def write_segment(workdir, group: str, index: int, records: dict,
-                  time_coords: dict[str, np.ndarray]) -> pathlib.Path:
-  """Writes one segment's records ({kind: {name: array}}) as one atomic file."""
+                  time_coords: dict[str, np.ndarray]):
+  """Writes one segment's records ({kind: {name: array}}) as one atomic file (in a
+  bucket: one upload, then its commit marker)."""
   arrays = {name: np.asarray(a) for tree in records.values() for name, a in tree.items()}
   arrays.update({axis: np.asarray(v) for axis, v in time_coords.items()})
   path = group_dir(workdir, group) / f"segment_{index:06d}.npz"
   write_atomic(path, lambda f: np.savez(f, **arrays), kill_point="record_write")
+  if workdir_path.in_bucket(path):
+    write_atomic(commit_marker(path), lambda f: f.write(b""))
   return path
 
 
-def segment_paths(workdir, group: str) -> list[pathlib.Path]:
+def commit_marker(segment):
+  return segment.with_name(segment.name + COMMIT)
+
+
+def segment_paths(workdir, group: str) -> list:
+  """The group's finished segment files, in order (in a bucket: those with a commit marker)."""
   d = group_dir(workdir, group)
-  return sorted(p for p in d.glob("segment_*.npz") if SEGMENT_RE.search(p.name))
+  found = sorted(p for p in d.glob("segment_*.npz") if SEGMENT_RE.search(p.name))
+  if not workdir_path.in_bucket(d):
+    return found
+  committed = {p.name for p in d.glob(f"segment_*.npz{COMMIT}")}
+  return [p for p in found if p.name + COMMIT in committed]
 
 
 def complete_segments(workdir, group: str) -> int:
@@ -121,11 +155,21 @@ def complete_segments(workdir, group: str) -> int:
 
 
 def truncate(workdir, group: str, keep_segments: int) -> None:
-  """Deletes segment files from index keep_segments on (resume after a crash)."""
+  """Deletes segment files from index keep_segments on (resume after a crash); in
+  a bucket, their commit markers too, and any segment object without one."""
+  d = group_dir(workdir, group)
+  if workdir_path.in_bucket(d):
+    committed = segment_paths(workdir, group)
+    for p in d.glob("segment_*"):
+      index = SEGMENT_RE.search(p.name) or COMMIT_RE.search(p.name)
+      if index and (int(index.group(1)) >= keep_segments
+                    or (SEGMENT_RE.search(p.name) and p not in committed)):
+        p.unlink()
+    return
   for p in segment_paths(workdir, group):
     if int(SEGMENT_RE.search(p.name).group(1)) >= keep_segments:
       p.unlink()
-  for p in group_dir(workdir, group).glob("*.tmp"):
+  for p in d.glob("*.tmp"):
     p.unlink()
 
 
@@ -136,7 +180,7 @@ class NoRecords(FileNotFoundError):
 def started_groups(workdir) -> list[str]:
   """The groups of a workdir's study with at least one finished segment, in grid order.
   Raises NoRecords, in one line, when the workdir holds no study or no group has one."""
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_path.path(workdir)
   grid_path = workdir / "grid.json"
   if not grid_path.exists():
     raise NoRecords(f"{workdir} holds no icsjax study (no grid.json): "
@@ -152,8 +196,7 @@ def started_groups(workdir) -> list[str]:
 
 
 def read_json(path) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(workdir_path.path(path).read_text())
 
 
 def load_arrays(workdir, group: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -161,7 +204,7 @@ def load_arrays(workdir, group: str) -> tuple[dict[str, np.ndarray], dict]:
   schema = read_json(group_dir(workdir, group) / "schema.json")
   parts: dict[str, list] = {}
   for p in segment_paths(workdir, group):
-    with np.load(p) as z:
+    with np.load(io.BytesIO(p.read_bytes()) if workdir_path.in_bucket(p) else p) as z:
       for k in z.files:
         parts.setdefault(k, []).append(z[k])
   out = {}
@@ -180,7 +223,7 @@ def load_group(workdir, group: str):
   """One group's records as an xarray.Dataset with named dims and model coordinates."""
   import xarray as xr
   arrays, schema = load_arrays(workdir, group)
-  grid = read_json(pathlib.Path(workdir) / "grid.json")
+  grid = read_json(workdir_path.path(workdir) / "grid.json")
   g = next(g for g in grid["groups"] if g["name"] == group)
   # The arrays that are not variables are the time axes' steps.
   coords = {axis: v for axis, v in arrays.items() if axis not in schema["variables"]}
@@ -199,7 +242,7 @@ def load_group(workdir, group: str):
 
 def load(workdir) -> dict:
   """{group name: xarray.Dataset} of a workdir."""
-  grid = read_json(pathlib.Path(workdir) / "grid.json")
+  grid = read_json(workdir_path.path(workdir) / "grid.json")
   return {g["name"]: load_group(workdir, g["name"]) for g in grid["groups"]}
 
 
@@ -238,7 +281,7 @@ def changed_versions(workdir) -> str:
   """'jax 0.10.1 -> 0.10.2, ...' for each library (and Python) whose version in
   WORKDIR/versions.json differs from the running one; '' when none does, or
   when the workdir has no versions.json."""
-  path = pathlib.Path(workdir) / "versions.json"
+  path = workdir_path.path(workdir) / "versions.json"
   if not path.exists():
     return ""
   then, now = read_json(path), versions()
@@ -250,7 +293,7 @@ def check_workdir(workdir, config_json: str) -> str:
   """"new" or "resume" (a workdir of this same study: the same config up to
   KEEPING_FIELDS); raises FileExistsError for one that holds a different study,
   or files that are no study's. Writes nothing."""
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_path.path(workdir)
   cfg_path = workdir / "config.json"
   if cfg_path.exists():
     if study_identity(cfg_path.read_text()) != study_identity(config_json):
@@ -273,7 +316,7 @@ def prepare_workdir(workdir, config_json: str, grid: dict) -> str:
   latest intact checkpoint, or from step 0).
   """
   status = check_workdir(workdir, config_json)
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_path.path(workdir)
   with write_errors.writing(workdir):
     workdir.mkdir(parents=True, exist_ok=True)
   write_atomic(workdir / "config.json", lambda f: f.write(config_json.encode()))

@@ -4,7 +4,6 @@ trained (icsjax.failure); a cell none of whose seeds trained says why."""
 from __future__ import annotations
 
 import math
-import pathlib
 import textwrap
 
 import numpy as np
@@ -100,7 +99,7 @@ def mean_std_text(mean: float, std: float) -> str:
   return f"{number(mean)} ± {number(std, digits=2)}"
 
 
-def write(workdir: pathlib.Path, datasets: dict, eval_every: int) -> str:
+def write(workdir, datasets: dict, eval_every: int) -> str:
   """Writes WORKDIR/summary.txt; returns its table."""
   table = format_table(rows(datasets, eval_every))
   store.write_atomic(workdir / "summary.txt", lambda f: f.write((table + "\n").encode()))

@@ -16,7 +16,8 @@ same command resumes from them.
 
 At the start, ``check_free_space`` refuses a run whose workdir's filesystem
 has clearly too little room for it (less than the bytes of its records and
-kept checkpoints), before any segment runs.
+kept checkpoints), before any segment runs. A bucket workdir is not checked:
+an object store reports no free space (its limits are quotas and billing).
 
 Imports no JAX: ``icsjax.main`` and ``icsjax.store`` import it.
 """
@@ -26,11 +27,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pathlib
 import re
 import shutil
 
 from icsjax import interrupt
+
+from icsjax import workdir_path
 
 EXIT_CODE = 3  # README, "Exit codes": the workdir could not be written
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")  # how tensorstore (orbax) reports one
@@ -40,7 +42,7 @@ class WriteFailed(Exception):
   """A file or directory of the workdir could not be written."""
 
   def __init__(self, path, reason: str):
-    self.path, self.reason = pathlib.Path(path), reason
+    self.path, self.reason = workdir_path.path(path), reason
     super().__init__(f"could not write {path}: {reason}")
 
 
@@ -48,7 +50,7 @@ class NotEnoughSpace(WriteFailed):
   """The workdir's filesystem has clearly too little free space for the run."""
 
   def __init__(self, path, free: int, needed: int, what: str):
-    self.path, self.free, self.needed = pathlib.Path(path), free, needed
+    self.path, self.free, self.needed = workdir_path.path(path), free, needed
     self.reason = f"{megabytes(free)} free, the run needs at least {megabytes(needed)}"
     Exception.__init__(self, f"--workdir={path} has {megabytes(free)} free, but this run needs "
                        f"at least {megabytes(needed)} ({what}); free some space or choose "
@@ -77,11 +79,20 @@ def reason(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def writing(path):
-  """Inside the block, an OSError becomes WriteFailed naming `path`."""
+  """Inside the block, an OSError, or an error of the Cloud Storage client, becomes
+  WriteFailed naming `path`."""
   try:
     yield
-  except OSError as e:
+  except Exception as e:
+    if not isinstance(e, OSError) and not _bucket_client_error(e):
+      raise
     raise WriteFailed(path, reason(e)) from e
+
+
+def _bucket_client_error(e: Exception) -> bool:
+  """gcsfs maps a refused request to an OSError (403 Forbidden, 404), but raises
+  its own HttpError for the rest (a 5xx after its retries, 401 unauthorised)."""
+  return type(e).__module__.startswith("gcsfs.")
 
 
 def line(e: WriteFailed) -> str:
@@ -101,15 +112,15 @@ def exit_at_once(e: WriteFailed) -> None:
 
 def check_free_space(workdir, needed: int, what: str) -> None:
   """Raises NotEnoughSpace when the filesystem of `workdir` (an existing
-  directory) has fewer than `needed` bytes free."""
+  directory) has fewer than `needed` bytes free; checks nothing in a bucket."""
+  if workdir_path.in_bucket(workdir):
+    return
   free = shutil.disk_usage(workdir).free
   if free < needed:
     raise NotEnoughSpace(workdir, free, needed, what)
 
 
 def bytes_under(path) -> int:
-  """Bytes of the files under `path` (0 when it does not exist)."""
-  path = pathlib.Path(path)
-  if not path.exists():
-    return 0
-  return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+  """Bytes of the files under local `path` (0 when it does not exist)."""
+  return sum(os.path.getsize(os.path.join(folder, name))
+             for folder, _, names in os.walk(path) for name in names)

@@ -109,3 +109,12 @@ def pytest_collection_modifyitems(config, items):
 def pytest_sessionfinish(session):
   if OWNS_JIT_CACHE:
     shutil.rmtree(os.environ[JIT_CACHE], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+  """A local Cloud Storage emulator (tests/gcs_emulator.py) for the session: gs://
+  paths of this process and its subprocesses reach its bucket."""
+  import gcs_emulator
+  with gcs_emulator.running() as emulator:
+    yield emulator

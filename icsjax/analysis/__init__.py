@@ -9,14 +9,13 @@ seed=..., lr=...)`` gives one model back from a checkpoint, ready to apply.
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import xarray as xr
 
 from icsjax import records as records_lib
 from icsjax import steps_reached
 from icsjax import store
+from icsjax import workdir_path
 from icsjax.store import NoRecords  # noqa: F401  (the API: a workdir with nothing to read)
 from icsjax.analysis.saved_models import SavedModel, load_model  # noqa: F401  (the API)
 
@@ -46,7 +45,7 @@ def load(workdir) -> xr.Dataset:
   ``steps_done`` 0 and no records (icsjax.steps_reached). A workdir with no
   finished segment at all raises NoRecords.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_path.path(workdir)
   started = store.started_groups(workdir)
   grid = store.read_json(workdir / "grid.json")
   planned = store.read_json(workdir / "config.json")["steps"]

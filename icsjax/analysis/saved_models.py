@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 from typing import Any
 
 import flax.linen as nn
@@ -23,6 +22,7 @@ from icsjax import checkpoint as checkpoint_lib
 from icsjax import data as data_lib
 from icsjax import models
 from icsjax import store
+from icsjax import workdir_path
 from icsjax.analysis import surfaces
 
 
@@ -86,7 +86,7 @@ def find_model(grid: dict, labels: dict) -> tuple[dict, int]:
 def load_model(workdir, step: int | None = None, **labels: Any) -> SavedModel:
   """The model with these labels (variant=, seed=, lr=, any swept field) at the
   checkpoint of `step` (None: the latest intact one)."""
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_path.path(workdir)
   grid = store.read_json(workdir / "grid.json")
   group, index = find_model(grid, labels)
   with checkpoint_lib.Checkpoints(workdir, async_save=False) as checkpoints:

@@ -9,11 +9,10 @@ draws the figures its records allow, answers each of the five questions (README,
 
 from __future__ import annotations
 
-import pathlib
-
 import xarray as xr
 
 from icsjax import store
+from icsjax import workdir_path
 from icsjax import write_errors
 
 from icsjax.report import primary
@@ -52,15 +51,15 @@ def build(ds: xr.Dataset, info: dict, figs: dict) -> list:
   return out
 
 
-def write(workdir, *, dataset: xr.Dataset | None = None, out=None) -> pathlib.Path:
+def write(workdir, *, dataset: xr.Dataset | None = None, out=None):
   """Writes the report of `workdir` into `out` (default WORKDIR/report); returns the
   path of report.md. `dataset` replaces the loaded records (e.g. a relabelled copy)."""
   # Imported here: `icsjax.main` imports this package before the run, and neither
   # matplotlib nor the loaders are needed until the run is over.
   from icsjax import analysis
   from icsjax.report import figures
-  workdir = pathlib.Path(workdir)
-  folder = pathlib.Path(out) if out is not None else workdir / REPORT_DIR
+  workdir = workdir_path.path(workdir)
+  folder = workdir_path.path(out) if out is not None else workdir / REPORT_DIR
   with write_errors.writing(folder):
     folder.mkdir(parents=True, exist_ok=True)
   ds = analysis.load(workdir) if dataset is None else dataset

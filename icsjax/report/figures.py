@@ -9,7 +9,6 @@ outlying seed stays visible; lines of one variant keep one colour everywhere.
 from __future__ import annotations
 
 import math
-import pathlib
 import textwrap
 import warnings
 
@@ -20,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D  # no pyplot: no global state, Agg by default
 
 from icsjax import records as records_lib
-from icsjax import write_errors
+from icsjax import store
 from icsjax.report import effects as fx
 from icsjax.report import inference as tt
 from icsjax.report import metrics
@@ -98,9 +97,9 @@ def _legend(fig, axes):
                frameon=False, fontsize=10)
 
 
-def _save(fig, folder: pathlib.Path, name: str) -> str:
-  with write_errors.writing(folder / name):
-    fig.savefig(folder / name)
+def _save(fig, folder, name: str) -> str:
+  # Drawn into memory and written whole, as every workdir file is (a bucket too).
+  store.write_atomic(folder / name, lambda f: fig.savefig(f, format=name.rsplit(".", 1)[-1]))
   return name
 
 

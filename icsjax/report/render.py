@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import pathlib
 import re
 
 
@@ -103,11 +102,11 @@ code, pre { background: #f5f5f5; font-size: 0.9em; } pre { padding: 0.6em; overf
 """
 
 
-def _data_uri(path: pathlib.Path) -> str:
+def _data_uri(path) -> str:
   return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def html_page(title: str, blocks, folder: pathlib.Path) -> str:
+def html_page(title: str, blocks, folder) -> str:
   out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
          f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
          f"<h1>{html.escape(title)}</h1>"]

@@ -7,7 +7,6 @@ smoke study on embedded data is never mistaken for a paper-scale one.
 from __future__ import annotations
 
 import json
-import pathlib
 
 import numpy as np
 import xarray as xr
@@ -16,6 +15,7 @@ from icsjax import records as records_lib
 from icsjax import steps_reached
 from icsjax import store
 from icsjax import workdir_lock
+from icsjax import workdir_path
 from icsjax.report import effects as fx
 from icsjax.report import render as r
 from icsjax.report import stats
@@ -41,7 +41,7 @@ def read(workdir) -> dict:
   `live`: the run writing it now, if any (`live_run`)."""
   out = {}
   for name in ("config", "grid", "versions"):
-    p = pathlib.Path(workdir) / f"{name}.json"
+    p = workdir_path.path(workdir) / f"{name}.json"
     out[name] = json.loads(p.read_text()) if p.exists() else {}
   out["live"] = live_run(workdir, out)
   return out
