@@ -56,6 +56,9 @@ flags.DEFINE_bool("report", True, "Write WORKDIR/report/ (figures, report.md, re
                   "at the end; python -m icsjax.report WORKDIR writes it later.")
 flags.DEFINE_bool("tensorboard", True, "Write each segment's live metrics under "
                   "WORKDIR/tensorboard/ for `tensorboard --logdir WORKDIR/tensorboard`.")
+flags.DEFINE_list("groups", None, "Run only these groups of the study (NAME,NAME: a shard "
+                  "of it, icsjax/shards.py); the workdir keeps them, and a rerun must name "
+                  "the same.")
 flags.DEFINE_bool("debug", False, f"Show the traceback of a refused run (also {DEBUG_ENV}=1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -100,7 +103,7 @@ def main(argv, sweeps=None, stop: preemption.Stop | None = None):
     # A checkpoint save fails in a background thread: the run ends there, at once.
     runner.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress,
                on_write_failure=write_errors.exit_at_once, stop=stop,
-               tensorboard=FLAGS.tensorboard)
+               tensorboard=FLAGS.tensorboard, groups=FLAGS.groups)
     if FLAGS.report:
       print(f"report: {report.write(FLAGS.workdir)}")
   return DONE
