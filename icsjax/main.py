@@ -2,6 +2,7 @@
 
   python -m icsjax.main --config=configs/default.py --workdir=runs/default
   python -m icsjax.main --config=default --workdir=runs/default   # a shipped config by name
+  python -m icsjax.main --config=... --workdir=STUDY/shard-0-of-2 --groups=NAME,NAME  # a shard
 
 Exit codes (README, "Exit codes"): 0 the study is done; 2 a mistake in the
 command line, the config or the workdir (one line on stderr says which), or

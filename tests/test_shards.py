@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -79,6 +81,15 @@ def test_joined_report_equals_the_whole_studys(runs, tmp_path):
   assert texts["parent"] == texts["whole"]
   assert (runs["whole"] / "summary.txt").read_text() in texts["parent"]
   assert report_main.main([str(runs["parent"]), "--out", str(tmp_path / "cli")]) == 0
+
+
+def test_a_saved_model_of_a_sharded_study_is_the_whole_studys(runs):
+  labels = {"variant": "layernorm", "seed": 1}
+  whole, joined = (analysis.load_model(runs[k], step=20, **labels) for k in ("whole", "parent"))
+  assert joined.group == whole.group == "norm-layernorm" and joined.labels == whole.labels
+  leaves = [jax.tree_util.tree_leaves(m.variables) for m in (whole, joined)]
+  assert len(leaves[0]) == len(leaves[1]) > 0
+  assert all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in zip(*leaves))
 
 
 def test_a_shard_keeps_its_groups_and_resumes(runs):
