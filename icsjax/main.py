@@ -2,6 +2,7 @@
 
   python -m icsjax.main --config=configs/default.py --workdir=runs/default
   python -m icsjax.main --config=default --workdir=runs/default   # a shipped config by name
+  python -m icsjax.main --config=... --workdir=STUDY/shard-0-of-2 --groups=NAME,NAME  # a shard
 
 Exit codes (README, "Exit codes"): 0 the study is done; 2 a mistake in the
 command line, the config or the workdir (one line on stderr says which), or
@@ -61,6 +62,9 @@ flags.DEFINE_bool("report", True, "Write WORKDIR/report/ (figures, report.md, re
                   "at the end; python -m icsjax.report WORKDIR writes it later.")
 flags.DEFINE_bool("tensorboard", True, "Write each segment's live metrics under "
                   "WORKDIR/tensorboard/ for `tensorboard --logdir WORKDIR/tensorboard`.")
+flags.DEFINE_list("groups", None, "Run only these groups of the study (NAME,NAME: a shard "
+                  "of it, icsjax/shards.py); the workdir keeps them, and a rerun must name "
+                  "the same.")
 flags.DEFINE_bool("debug", False, f"Show the traceback of a refused run (also {DEBUG_ENV}=1).")
 flags.DEFINE_integer("num_processes", None, "Processes of one run over many hosts (the same "
                      "command on each, with its own --process_id); unset: one process, or as "
@@ -131,7 +135,7 @@ def main(argv, sweeps=None, stop: preemption.Stop | None = None):
                log=print if primary else lambda line: print(f"{ran_by}: {line}"),
                on_write_failure=write_errors.exit_at_once,
                stop=stop if processes == 1 else preemption.AtSyncPoint(stop.command),
-               tensorboard=FLAGS.tensorboard)
+               tensorboard=FLAGS.tensorboard, groups=FLAGS.groups)
     if FLAGS.report and primary:
       print(f"report: {report.write(FLAGS.workdir)}")
   return DONE

@@ -21,6 +21,7 @@ from icsjax import live_metrics
 from icsjax import placement
 from icsjax import preemption
 from icsjax import records as records_lib
+from icsjax import shards
 from icsjax import store
 from icsjax import study as study_lib
 from icsjax import summary as summary_lib
@@ -48,7 +49,7 @@ class GroupRun:
 
 def grid_json(study: study_lib.Study) -> dict:
   return {"num_models": study.num_models,
-          "groups": [dataclasses.asdict(g) for g in study.groups]}
+          "groups": [dataclasses.asdict(g) for g in study.groups], **shards.grid_fields(study)}
 
 
 def load_data(study: study_lib.Study) -> dict:
@@ -241,8 +242,11 @@ def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, 
 
 def run(config, workdir, *, progress: bool = True, log=print,
         on_write_failure: Callable[[write_errors.WriteFailed], None] | None = None,
-        stop: preemption.Stop | None = None, tensorboard: bool = True) -> dict:
+        stop: preemption.Stop | None = None, tensorboard: bool = True,
+        groups=None) -> dict:
   """Runs the study of `config` into `workdir`; returns {group: xarray.Dataset}.
+
+  `groups` (names): run only those groups of the study, a shard of it (icsjax.shards).
 
   Same config, same workdir: resumes from the latest intact checkpoint, and
   the records come out bitwise identical to an uninterrupted run's. The run
@@ -264,6 +268,7 @@ def run(config, workdir, *, progress: bool = True, log=print,
   (icsjax.live_metrics).
   """
   study = study_lib.expand(config)  # every config error surfaces here, before compute
+  study = study if groups is None else shards.subset(study, groups)
   # Several processes: process 0 alone writes the workdir, and alone locks it.
   with workdir_lock.hold(workdir) if hosts.primary() else contextlib.nullcontext():
     return _run_locked(study, workdir, progress, log, on_write_failure,
@@ -276,6 +281,7 @@ def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
   primary = hosts.primary()
   hosts.check_shared_workdir(workdir)  # several processes must see one workdir
   status = store.check_workdir(workdir, config.to_json())  # a different study: refused at once
+  shards.check_workdir(workdir, study)  # another subset of its groups: refused too
   faults.point("run_start")
   loaded = load_data(study)  # data that is not there: refused before the workdir is written
   if primary:

@@ -26,6 +26,7 @@ import dataclasses
 import shlex
 
 from icsjax import preemption
+from icsjax import shards as icsjax_shards
 from icsjax import tfds_data
 from launch import accelerators
 from launch import environment
@@ -55,8 +56,9 @@ def study_folder(bucket: str, study: str) -> str:
 
 def shard_suffix(index: int, count: int) -> str:
   """A shard's folder under the study's, and its job name's suffix: self-describing,
-  so that resubmitting with another --shards never mixes two splits."""
-  return f"shard-{index}-of-{count}"
+  so that resubmitting with another --shards never mixes two splits (icsjax.shards
+  joins the folders of one split)."""
+  return icsjax_shards.folder_name(index, count)
 
 
 def copy_data_lines(bucket: str, names: list[str]) -> list[str]:

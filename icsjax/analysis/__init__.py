@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from icsjax import records as records_lib
+from icsjax import shards
 from icsjax import steps_reached
 from icsjax import store
 from icsjax import workdir_path
@@ -44,19 +45,26 @@ def load(workdir) -> xr.Dataset:
   config, and a group with no finished segment yet is there with
   ``steps_done`` 0 and no records (icsjax.steps_reached). A workdir with no
   finished segment at all raises NoRecords.
+
+  `workdir` may also be the parent folder of a study's shards (`shard-I-of-N`,
+  icsjax.shards): their groups are joined in the study's order, exactly as if
+  it had run whole; a partial one names its unfinished shards in the attribute
+  ``unfinished_shards``. Shards that are not one study's split raise
+  shards.ShardsDisagree.
   """
   workdir = workdir_path.path(workdir)
-  started = store.started_groups(workdir)
-  grid = store.read_json(workdir / "grid.json")
-  planned = store.read_json(workdir / "config.json")["steps"]
-  parts, done = [], []
-  for g in grid["groups"]:
+  groups, config = shards.members(workdir)
+  planned = config["steps"]
+  parts, done, unfinished = [], [], []
+  for home, g in groups:
     name = g["name"]
-    ds = store.load_group(workdir, name) if name in started else _not_started(g)
+    ds = store.load_group(home, name) if store.segment_paths(home, name) else _not_started(g)
     n = ds.sizes["model"]
     steps = ds[records_lib.PER_STEP_AXIS].values if records_lib.PER_STEP_AXIS in ds.coords \
         else []
     done += [int(np.max(steps)) if len(steps) else 0] * n
+    if done[-1] < planned and home != workdir_path.path(workdir):  # a shard's group
+      unfinished.append(home.name)
     ds = ds.assign_coords(model_id=("model", ds.model.values), group=("model", [name] * n))
     for coord in PER_GROUP_LAYER_COORDS:
       if coord in ds.coords:
@@ -69,6 +77,8 @@ def load(workdir) -> xr.Dataset:
                      compat="equals", combine_attrs="drop_conflicts")
   index_levels = [k for k in labels if k not in ("model_id", "group")]
   merged = steps_reached.annotate(merged, done, planned)
+  if unfinished:
+    merged.attrs[shards.UNFINISHED_SHARDS] = ", ".join(dict.fromkeys(unfinished))
   return merged.drop_vars("model").set_index(model=index_levels)
 
 

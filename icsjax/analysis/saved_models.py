@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from icsjax import checkpoint as checkpoint_lib
 from icsjax import data as data_lib
 from icsjax import models
+from icsjax import shards
 from icsjax import store
 from icsjax import workdir_path
 from icsjax.analysis import surfaces
@@ -85,8 +86,12 @@ def find_model(grid: dict, labels: dict) -> tuple[dict, int]:
 
 def load_model(workdir, step: int | None = None, **labels: Any) -> SavedModel:
   """The model with these labels (variant=, seed=, lr=, any swept field) at the
-  checkpoint of `step` (None: the latest intact one)."""
+  checkpoint of `step` (None: the latest intact one). `workdir` may be the parent
+  folder of a study's shards (icsjax.shards): the model is read from its group's."""
   workdir = workdir_path.path(workdir)
+  if shards.is_parent(workdir):
+    joined = shards.join(workdir)
+    workdir = joined.home[find_model(joined.grid, labels)[0]["name"]]
   grid = store.read_json(workdir / "grid.json")
   group, index = find_model(grid, labels)
   with checkpoint_lib.Checkpoints(workdir, async_save=False) as checkpoints:

@@ -1,6 +1,6 @@
 """The study report: figures, report.md and a self-contained report.html.
 
-  python -m icsjax.report WORKDIR
+  python -m icsjax.report WORKDIR      # or a parent folder of a study's shards
 
 ``write(workdir)`` loads the workdir's records (``icsjax.analysis.load``),
 draws the figures its records allow, answers each of the five questions (README,
@@ -67,8 +67,7 @@ def write(workdir, *, dataset: xr.Dataset | None = None, out=None):
   info["workdir"] = str(workdir)
   info["partial"] = study_info.progress(ds)
   ds = study_info.readable_part(ds)
-  summary = workdir / "summary.txt"
-  info["summary"] = summary.read_text() if summary.exists() else ""
+  info["summary"] = study_info.summary_text(workdir)
   figs = {}
   for draw in figures.ALL:
     drawn = draw(ds, folder)

@@ -12,8 +12,10 @@ import numpy as np
 import xarray as xr
 
 from icsjax import records as records_lib
+from icsjax import shards
 from icsjax import steps_reached
 from icsjax import store
+from icsjax import summary as summary_lib
 from icsjax import workdir_lock
 from icsjax import workdir_path
 from icsjax.report import effects as fx
@@ -38,7 +40,14 @@ OPTIONAL = tuple((k.cadence, k.title) for k in records_lib.KINDS if k.optional)
 
 def read(workdir) -> dict:
   """config, grid and versions of a workdir ({} for a file that is absent), and
-  `live`: the run writing it now, if any (`live_run`)."""
+  `live`: the run writing it now, if any (`live_run`). Of a parent of shards
+  (icsjax.shards): the whole study's config and grid, the first shard's
+  versions, and a run writing any shard."""
+  if shards.is_parent(workdir):
+    joined = shards.join(workdir)
+    each = [read(s) for s in joined.shards]
+    return {"config": joined.config, "grid": joined.grid, "versions": each[0]["versions"],
+            "live": next((i["live"] for i in each if i["live"]), None)}
   out = {}
   for name in ("config", "grid", "versions"):
     p = workdir_path.path(workdir) / f"{name}.json"
@@ -59,6 +68,21 @@ def live_run(workdir, info: dict) -> dict | None:
   return {"holder": holder, "step": segments * info["config"].get("segment_steps", 0)}
 
 
+def summary_text(workdir) -> str:
+  """The workdir's summary.txt ('' before its run wrote it). Of a parent of shards:
+  the same table over the joined groups, once every shard's run wrote its own."""
+  workdir = workdir_path.path(workdir)
+  if not shards.is_parent(workdir):
+    path = workdir / "summary.txt"
+    return path.read_text() if path.exists() else ""
+  joined = shards.join(workdir)
+  if not all((s / "summary.txt").exists() for s in joined.shards):
+    return ""
+  datasets = {g["name"]: store.load_group(joined.home[g["name"]], g["name"])
+              for g in joined.grid["groups"]}
+  return summary_lib.format_table(summary_lib.rows(datasets, joined.config["eval_every"])) + "\n"
+
+
 def progress(ds: xr.Dataset) -> dict | None:
   """None for a study whose every model reached its planned steps; for a partial one
   (analysis.load; icsjax.steps_reached): {"planned": steps, "reached": which groups
@@ -71,7 +95,8 @@ def progress(ds: xr.Dataset) -> dict | None:
   return {"planned": ds.attrs.get(steps_reached.STEPS_PLANNED),
           "reached": steps_reached.reached_text(ds),
           "common": int(done[done > 0].min()),
-          "not_started": list(dict.fromkeys(groups[done == 0].tolist()))}
+          "not_started": list(dict.fromkeys(groups[done == 0].tolist())),
+          "unfinished_shards": ds.attrs.get(shards.UNFINISHED_SHARDS, "")}
 
 
 def readable_part(ds: xr.Dataset) -> xr.Dataset:
@@ -170,6 +195,10 @@ def warnings(ds: xr.Dataset, info: dict) -> list:
   if partial:
     left_out = (f" Groups with no finished segment are left out: "
                 f"{', '.join(partial['not_started'])}." if partial["not_started"] else "")
+    if partial.get("unfinished_shards"):
+      left_out += (f" The study ran as shards, and these have not finished: "
+                   f"{partial['unfinished_shards']}; rerun (or resubmit) their commands "
+                   f"to complete it.")
     out.append(r.Note(
         f"this study is partial: of the {partial['planned']} steps planned, the groups "
         f"reached: {partial['reached']}. Every figure, table and effect below reads the steps "
