@@ -21,19 +21,18 @@ CONFIGS = sorted(p.stem for p in pathlib.Path(ROOT, "configs").glob("*.py")
 # products take a paper-scale VGG minutes to compile here. The 25-layer deep
 # linear network runs all but curvature, whose compilation takes 40 s at that
 # depth (test_probes checks a deep linear network's curvature against its dense
-# Hessian). The default config's probes run elsewhere, at both of its depths:
-# every probe at depth 3 (tests/test_end_to_end.py), ICS and curvature at depth 8
-# (tests/test_answers.py); here its depth-8 noisy-BN group would compile them all
-# once more, a minute.
+# Hessian). The default config's probes run elsewhere, at both of its depths
+# (tests/test_end_to_end.py, tests/test_answers.py).
 PROBES = ("ics", "landscape", "curvature")
 PROBED = {"small_vgg_digits": PROBES, "small_dln": ("ics", "landscape")}
 
 
 def shortened(config, probes=PROBES):
-  """Same layer structure; two steps, one seed, the last swept value of each
-  static field (the norm variants share all code but the norm, tested
-  elsewhere), the first swept value of each dynamic field (sweeping those
-  never changes the compiled code), and
+  """Same layer structure; two steps, one seed, the first swept value of each
+  field (the first norm variant, `none` in every config: the variants share
+  all code but the norm, which tests/test_train.py and tests/test_probes.py
+  check for every kind; the other depths and widths compile the same code at
+  another size; sweeping a dynamic field never changes the compiled code), and
   conv stages at most 8 channels wide: a paper-size VGG step takes minutes on
   a 2-core CPU (its full size is validated, and timed on a GPU by
   benchmarks/study_rate.py)."""
@@ -52,8 +51,7 @@ def shortened(config, probes=PROBES):
   c.seeds = 1
   c.monitor_size = 16
   for name in list(c.sweep):
-    keep = slice(0, 1) if study.FIELDS[name].role == "dynamic" else slice(-1, None)
-    c.sweep[name] = c.sweep[name][keep]
+    c.sweep[name] = c.sweep[name][:1]
   return c
 
 
@@ -72,7 +70,7 @@ def test_config_validates_and_runs(name, tmp_path):
   c = shortened(module.get_config(), probes=PROBED.get(name, ()))
   with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
     ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
-  assert full.groups[-1].name == list(ds)[-1] and len(ds) == 1
+  assert full.groups[0].name == list(ds)[0] and len(ds) == 1
   for g in ds.values():
     assert g.sizes["step"] == 2 and (g.diverged_step == 0).all()
     assert float(g.train_loss.isel(step=0).min()) > 0

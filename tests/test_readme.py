@@ -115,7 +115,7 @@ EXCLUDED = {
         "talks to SkyPilot's API server and Google Cloud: needs an account (tests/test_launch.py "
         "checks fetch's command)",
     "gcloud compute tpus tpu-vm create": "creates a TPU VM: needs a Google Cloud account and quota",
-    "gcloud compute tpus tpu-vm ssh": "runs a study on every host of a TPU VM slice, or as a "
+    "gcloud compute tpus tpu-vm ssh NAME --worker=all": "runs a study on every host of a TPU VM slice, or as a "
         "SLURM job (srun): needs one (tests/test_multihost.py runs 2 processes on this machine)",
     "python benchmarks/study_rate.py":
         "a benchmark of a paper config (minutes to hours; `--config=...` is a placeholder)",
