@@ -251,3 +251,22 @@ def test_a_checkpoint_step_without_its_commit_file_is_not_listed_and_is_saved_ag
     checkpoints.save(40, {"g": again}, "fingerprint")
     assert checkpoints.steps() == [20, 40]
     np.testing.assert_array_equal(checkpoints.read(40, ["g"])["g"]["w"], again["w"])
+
+
+def test_a_bucket_run_writes_its_live_metrics_into_the_bucket(killed_and_resumed, local,
+                                                              tmp_path):
+  """tensorboardX writes the event files through its own Cloud Storage client; copied
+  out of the bucket they read back as the local run's (throughput aside, which is
+  wall time)."""
+  from icsjax import live_metrics
+  from test_live_metrics import read_events, without_throughput
+  workdir, _, _ = killed_and_resumed
+  events = workdir_path.path(live_metrics.group_directory(workdir, GROUP))
+  names = sorted(p.name for p in events.iterdir())
+  assert len(names) == 2 and all(n.startswith("events") for n in names)  # killed, resumed
+  copy = tmp_path / live_metrics.DIRECTORY / GROUP
+  copy.mkdir(parents=True)
+  for name in names:
+    (copy / name).write_bytes((events / name).read_bytes())
+  got, want = read_events(tmp_path, GROUP), read_events(local, GROUP)
+  assert without_throughput(got) == without_throughput(want) and without_throughput(want)
