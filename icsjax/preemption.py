@@ -48,19 +48,17 @@ can match it the same way.
 
 The runner calls a ``Stop`` at each segment boundary and never needs to know
 which one it has: ``Never`` (a library call, tests), ``OnSigterm`` (one
-process, ``icsjax.main``). A multi-process run plugs in a third without
-touching the runner: JAX's preemption service, which ``jax.distributed.
-initialize`` starts, catches SIGTERM itself and spreads the notice to every
-process, so there SIGTERM must not be routed to ``OnSigterm`` (``icsjax.main`` then
-listens for SIGINT only), and its ``requested(step)``
+process, ``icsjax.main``), ``AtSyncPoint`` (several processes). There JAX's
+preemption service, which ``jax.distributed.initialize`` starts, catches
+SIGTERM itself (its handler replaces the one ``icsjax.main`` installed
+before) and spreads the notice to every process; ``requested(step)``
 returns ``multihost_utils.reached_preemption_sync_point(step //
 boundaries.step)``: called by every process at every boundary with
 consecutive ids, it is True on all of them at the same one (the highest id
 any process had reached when the notice spread, plus one), where the runner
-saves and raises ``Preempted`` as it does for one process. JAX picks that
-boundary by step, not by time; the budget can still bound it there by a
-per-process deadline as here (ending one process mid-segment is as safe as a
-kill, and its peers then stop on the lost collective).
+saves (process 0), waits at a barrier until the save is on disk, and raises
+``Preempted`` on every process. JAX picks that
+boundary by step, not by time, so the budget does not apply there.
 """
 
 from __future__ import annotations
