@@ -430,7 +430,6 @@ def main(argv=None):
       if not icsjax_fits(k):
         break
       fits = k
-    del single
     if device is not None:
       for compiled in (False, True)[:1 + args.torch_compile]:
         for k in (k for k in ks if k <= args.torch_max_k):
