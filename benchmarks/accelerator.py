@@ -333,11 +333,11 @@ def parse(argv):
   p.add_argument("--double_until_oom", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--matmul_size", type=int, default=8192)
   p.add_argument("--cpu_small", action="store_true",
-                 help="CPU sizes: K = 1, 4 (MLP), 1, 2 (VGG), 5 steps, one repeat, a "
+                 help="CPU sizes: K = 1, 2 (MLP), 1 (VGG), 5 steps, one repeat, a "
                       "256 matmul, no doubling")
   a = p.parse_args(argv)
   if a.cpu_small:
-    a.ks, a.vgg_ks, a.steps, a.repeats = "1,4", "1,2", 5, 1
+    a.ks, a.vgg_ks, a.steps, a.repeats = "1,2", "1", 5, 1
     a.sequential_models, a.matmul_size, a.double_until_oom = 2, 256, False
   a.ks = [int(k) for k in a.ks.split(",")]
   a.vgg_ks = [int(k) for k in a.vgg_ks.split(",")]
