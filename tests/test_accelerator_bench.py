@@ -1,6 +1,7 @@
 """benchmarks/accelerator.py on CPU with small K: the table's rows and columns,
 and its analytic FLOP count of one training step against XLA's own count."""
 
+import importlib.util
 import os
 import sys
 
@@ -57,14 +58,16 @@ def test_vgg_macs_by_hand():
 
 
 def test_cpu_small_table(capsys):
-  pytest.importorskip("torch")
+  # The torch rows where torch is installed (the bench extra); the JAX rows anywhere.
+  torch = importlib.util.find_spec("torch") is not None
   rows, notes, matmul = accelerator.main(
-      ["--cpu_small", "--no-torch_compile"])
+      ["--cpu_small", "--no-torch_compile", "--torch" if torch else "--no-torch"])
   got = [(r["model"], r["method"], r["k"]) for r in rows]
-  assert got == [("mlp", "JAX sequential", "1x2"), ("mlp", "icsjax", 1), ("mlp", "icsjax", 2),
-                 ("mlp", "torch.func eager", 1), ("mlp", "torch.func eager", 2),
-                 ("vgg", "JAX sequential", "1x2"), ("vgg", "icsjax", 1),
-                 ("vgg", "torch.func eager", 1)]
+  want = [("mlp", "JAX sequential", "1x2"), ("mlp", "icsjax", 1), ("mlp", "icsjax", 2),
+          ("mlp", "torch.func eager", 1), ("mlp", "torch.func eager", 2),
+          ("vgg", "JAX sequential", "1x2"), ("vgg", "icsjax", 1),
+          ("vgg", "torch.func eager", 1)]
+  assert got == [w for w in want if torch or not w[1].startswith("torch")]
   assert all(r["rate"] > 0 and r["compile_s"] >= 0 for r in rows)
   assert matmul > 0
   assert "mlp: largest K that fit: 2 (no out-of-memory reached: a lower bound)" in notes
