@@ -57,7 +57,12 @@ def test_vgg_macs_by_hand():
                                     8 * 8 * 9 * 8)
 
 
-def test_cpu_small_table(capsys):
+def test_cpu_small_table(capsys, monkeypatch):
+  from icsjax import tfds_data
+  # The script stands random MNIST in for TFDS (study_path.use_random_mnist) by
+  # replacing tfds_data.load_arrays: restored after this test, for the tests of
+  # tfds_data that this worker runs next.
+  monkeypatch.setattr(tfds_data, "load_arrays", tfds_data.load_arrays)
   # The torch rows where torch is installed (the bench extra); the JAX rows anywhere.
   torch = importlib.util.find_spec("torch") is not None
   rows, notes, matmul = accelerator.main(
