@@ -14,16 +14,15 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from icsjax import checkpoint as checkpoint_lib
 from icsjax import hosts
 from icsjax import placement
 from icsjax import runner
 from icsjax import store
 from icsjax.config_files import CommandLineError
+from test_checkpoint import assert_bitwise_equal, state_checksums
 
 # The subprocess runs share their results through module fixtures; one worker runs them.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multihost")]
@@ -91,19 +90,6 @@ def records(workdir) -> dict:
   return {g: store.load_arrays(workdir, g)[0] for g in GROUPS}
 
 
-def checkpoint_checksums(workdir) -> dict:
-  with checkpoint_lib.Checkpoints(workdir, async_save=False) as ckpts:
-    return {s: ckpts.read_meta(s)["checksums"] for s in ckpts.steps()}
-
-
-def assert_bitwise_equal(got: dict, want: dict):
-  assert got.keys() == want.keys()
-  for g in want:
-    assert got[g].keys() == want[g].keys(), g
-    for name, a in want[g].items():
-      np.testing.assert_array_equal(got[g][name], a, err_msg=f"{g}/{name}")
-
-
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
   path = tmp_path_factory.mktemp("config") / "multihost_config.py"
@@ -142,8 +128,8 @@ def test_two_processes_write_the_records_of_one_bitwise(reference, two):
       "process 1 of 2: segment 1 of 2 done (step 20)",
       "process 1 of 2: segment 2 of 2 done (step 40)"]
   # The same checkpoints, file format and bytes, as one process writes.
-  assert checkpoint_checksums(workdir) == checkpoint_checksums(reference[0])
-  assert sorted(checkpoint_checksums(workdir)) == [20, 40]
+  assert state_checksums(workdir) == state_checksums(reference[0])
+  assert sorted(state_checksums(workdir)) == [20, 40]
   assert not (workdir / "hosts_marker").exists()
   grid = json.loads((workdir / "grid.json").read_text())
   assert [g["name"] for g in grid["groups"]] == list(GROUPS)
@@ -192,7 +178,7 @@ def test_a_preemption_notice_stops_both_processes_at_one_step(reference, config_
     assert len(lines) == 1 and "saved a checkpoint at step" in lines[0], err[-2000:]
   step = int(results[0][2].split("saved a checkpoint at step ")[1].split(";")[0])
   assert f"at step {step};" in results[1][2]  # the same boundary on both
-  assert step in (20, 40) and max(checkpoint_checksums(workdir)) == step
+  assert step in (20, 40) and max(state_checksums(workdir)) == step
   [(code, out, err, _)] = finish(start(config_file, [workdir], devices=4))
   assert code == 0, err[-3000:]
   assert f"resuming it at step {step}" in out, out
