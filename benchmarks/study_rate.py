@@ -8,6 +8,16 @@ Records are fetched to the host as in a real run, but nothing is written.
 With --synthetic_data, TFDS datasets are replaced by random images of their
 real split sizes and shapes (the rate depends on shapes only), so paper-scale
 configs can be timed where the data is not prepared.
+
+Each line is a compiled program: one group, or several padded into one
+(`--config.programs`, icsjax/programs.py). --fit_costs fits the cost model's
+constants of this backend (icsjax.programs.COSTS) to the programs timed: the
+compile time (first segment less a steady one, averaged) and, by least squares
+over the programs, seconds per step = step_seconds + FLOPs / flops_per_second.
+Time separate programs of different sizes for it, e.g.
+
+  python benchmarks/study_rate.py --config=configs/default.py \
+    --config.programs=separate --config.sweep.norm="('batchnorm',)" --segments=2 --fit_costs
 """
 
 import os
@@ -25,6 +35,7 @@ import jax  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from icsjax import programs  # noqa: E402
 from icsjax import runner  # noqa: E402
 from icsjax import tfds_data  # noqa: E402
 from icsjax import study as study_lib  # noqa: E402
@@ -32,6 +43,7 @@ from icsjax import study as study_lib  # noqa: E402
 config_flags.DEFINE_config_file("config", "configs/default.py", "Study config.")
 flags.DEFINE_integer("segments", 3, "Timed segments per group (after the first).")
 flags.DEFINE_bool("synthetic_data", False, "Random stand-ins for TFDS datasets.")
+flags.DEFINE_bool("fit_costs", False, "Fit icsjax.programs.COSTS to the programs timed.")
 FLAGS = flags.FLAGS
 
 
@@ -52,28 +64,44 @@ def main(argv):
     tfds_data.load_arrays = random_images
   study = study_lib.expand(config)
   t0 = time.perf_counter()
-  runs = runner.build_group_runs(study)
+  plan, choices = runner.plan(study)
+  for choice in choices:
+    print(f"programs: {choice.describe()}")
+  runs = runner.build_group_runs(study, programs=plan)
   jax.block_until_ready([gr.state for gr in runs])
   print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), "
         f"jax {jax.__version__}; init of {len(runs)} groups: {time.perf_counter() - t0:.1f} s")
   seg = config.segment_steps
   print(f"{config.dataset}, {config.arch}; segments of {seg} steps; {config.steps} steps "
         f"of every group")
-  print(f"{'group':28s} {'models':>6s} {'first segment s':>16s} {'model-steps/s':>14s}")
+  print(f"{'program':40s} {'models':>6s} {'first segment s':>16s} {'model-steps/s':>14s}")
   total = time.perf_counter() - t0
+  fits = []  # (compile s, steady s per step, FLOPs per step) per program
   for gr in runs:
     t = time.perf_counter()
-    runner.run_segment(gr, 0)
+    runner.run_program_segment(gr, 0)
     first = time.perf_counter() - t
     times = []
     for k in range(1, FLAGS.segments + 1):
       t = time.perf_counter()
-      runner.run_segment(gr, k * seg)
+      runner.run_program_segment(gr, k * seg)
       times.append(time.perf_counter() - t)
-    rate = gr.group.size * seg / statistics.median(times)
-    total += first + (config.steps - seg) * gr.group.size / rate
-    print(f"{gr.group.name:28s} {gr.group.size:6d} {first:16.2f} {rate:14,.0f}")
+    steady = statistics.median(times)
+    rate = gr.size * seg / steady
+    total += first + (config.steps - seg) * gr.size / rate
+    flops = 6 * programs.model_macs(gr.spec.static) * gr.spec.batch_size * gr.size
+    fits.append((first - steady, steady / seg, flops))
+    print(f"{gr.program.name:40s} {gr.size:6d} {first:16.2f} {rate:14,.0f}")
   print(f"extrapolated study time (first segments + steady rate): {total / 60:.1f} min")
+  if FLAGS.fit_costs:
+    compile_s = statistics.mean(f[0] for f in fits)
+    design = np.array([[1.0, f[2]] for f in fits])
+    seconds = np.array([f[1] for f in fits])
+    (step_s, per_flop), *_ = np.linalg.lstsq(design, seconds, rcond=None)
+    if step_s < 0:  # no measurable cost per step: the rate alone, through the origin
+      step_s, per_flop = 0.0, float(design[:, 1] @ seconds / (design[:, 1] @ design[:, 1]))
+    print(f"COSTS[{jax.default_backend()!r}] = {{'step_seconds': {step_s:.3g}, "
+          f"'compile_seconds': {compile_s:.3g}, 'flops_per_second': {1 / per_flop:.3g}}}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ def get_config():
   c.monitor_mode = "train"
   c.eval_batch_chunk = 64
   c.cpu_devices = 0
+  # groups differing only in width or depth: one padded compiled program, one
+  # program each, or "auto" (the cost model's choice; icsjax/programs.py)
+  c.programs = "auto"
   # checkpoints (WORKDIR/checkpoints): a rerun of the same command resumes from the latest
   c.checkpoint_segments = 1
   c.checkpoint_keep = 0

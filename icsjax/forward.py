@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 from icsjax import keys
 from icsjax import losses
-from icsjax.norms import ADAPT_MEAN_WEIGHT, ADAPT_SCALE_WEIGHT, batch_moments
+from icsjax import padding
+from icsjax.norms import ADAPT_MEAN_WEIGHT, ADAPT_SCALE_WEIGHT, batch_moments, variant_index
 from icsjax.spec import GroupSpec
 
 
@@ -22,6 +23,11 @@ class ModelFns(NamedTuple):
   loss: Callable     # (params, batch_stats, x, y, noise_key) -> (loss, (accuracy, taps, stats))
   adapted: Callable  # (params, batch_stats, x, weights) -> (outputs, adapted batch_stats)
   noise_key: Callable  # (state, step, purpose) -> the norm's noise key, or None without noise
+  # (draw, key, like, fill=0.) -> draw(key, like) for a tree `like` shaped as (part
+  # of) the parameters; in a padded program drawn at the model's own shapes.
+  random_like: Callable
+  # Per normalised layer, (units,) bool of its real units; None: every unit is.
+  unit_masks: tuple | None
 
 
 def model_fns(spec: GroupSpec, hp) -> ModelFns:
@@ -57,7 +63,21 @@ def model_fns(spec: GroupSpec, hp) -> ModelFns:
   def noise_key(state, step, purpose: int):
     return keys.draw_key(state.noise_key, step, purpose) if spec.noisy else None
 
-  return ModelFns(apply, loss, adapted, noise_key)
+  def random_like(draw, key, like, fill=0.0):
+    """draw(key, like); in a padded program, the draw the model's own network
+    makes, padded with zeros (and `fill` where it lacks a layer of `like`), so
+    that it probes along the same vectors as alone and never along padding."""
+    if not spec.variants:
+      return draw(key, like)
+    options = [padding.pad_tree(draw(key, padding.common_part(shapes, like)), like, fill)
+               for shapes in spec.variant_param_shapes]
+    return padding.select_variant(options, variant_index(hp))
+
+  masks = None
+  if spec.variants:
+    units = jnp.asarray(spec.variant_units)[variant_index(hp)]
+    masks = tuple(jnp.arange(n) < units[i] for i, n in enumerate(spec.layer_units))
+  return ModelFns(apply, loss, adapted, noise_key, random_like, masks)
 
 
 def stack_layers(per_layer, units: int):

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from icsjax.norms import BATCH_NORM_KINDS, LP_ORDER, Norm
+from icsjax.norms import BATCH_NORM_KINDS, LP_ORDER, PROGRAM_VARIANT, Norm, variant_index
 
 ARCHS = ("mlp", "dln", "vgg")
 ACTIVATION_FNS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "tanh": jnp.tanh,
@@ -62,6 +62,10 @@ class _NormedLayers(nn.Module):
   norm_eps: float = 1e-5
   lp_center: bool = True
   kernel_init: str = "lecun_normal"  # a KERNEL_INITS name (Module.init is taken)
+  # A padded program (icsjax.programs): per variant (a logical group), per layer,
+  # the units that are real; 0: the layer is absent (the identity). Empty: every
+  # unit and layer is real, and the model computes exactly as it always did.
+  variant_units: tuple[tuple[int, ...], ...] = ()
 
   @property
   def kernel_initializer(self):
@@ -71,11 +75,30 @@ class _NormedLayers(nn.Module):
     return nn.Dense(units, use_bias=self.use_bias, kernel_init=self.kernel_initializer,
                     name=name)
 
+  def real_units(self, i, hp):
+    """This model's real units in layer i (traced; 0: the layer is absent), or None
+    outside a padded program (and in calls for shapes only, which pass no hp)."""
+    if not self.variant_units or PROGRAM_VARIANT not in hp:
+      return None
+    return jnp.asarray([units[i] for units in self.variant_units])[variant_index(hp)]
+
   def normed(self, pre, i, train, hp, taps):
-    z = Norm(self.norm, self.norm_eps, self.lp_center, name=f"norm_{i}")(
-        pre, train=train, hp=hp)
+    """Norm -> activation of layer i. In a padded program the padding units give 0,
+    so that they reach no later layer, output, gradient or statistic."""
+    units = self.real_units(i, hp)
+    mask = None if units is None else jnp.arange(pre.shape[-1]) < units
+    z = Norm(self.norm, self.norm_eps, self.lp_center,
+             tuple(u[i] for u in self.variant_units), name=f"norm_{i}")(
+                 pre, train=train, hp=hp, mask=mask)
     taps.append((pre, z))
-    return ACTIVATION_FNS[self.activation](z)
+    out = ACTIVATION_FNS[self.activation](z)
+    return out if mask is None else jnp.where(mask, out, 0.0)
+
+  def hidden(self, x, new, i, hp):
+    """Layer i's output `new`, or its input x where this model lacks the layer (a
+    padded program's shallower network: the identity)."""
+    units = self.real_units(i, hp)
+    return new if units is None else jnp.where(units > 0, new, x)
 
   def output(self, x):
     """The output layer: always with a bias (no norm follows it)."""
@@ -108,7 +131,8 @@ class MLP(_NormedLayers):
     taps = []
     for i in range(self.depth):
       pre = self.dense(self.width, f"dense_{i}")(x)
-      x = self.normed(pre, i, train, hp, taps)
+      new = self.normed(pre, i, train, hp, taps)
+      x = new if i == 0 else self.hidden(x, new, i, hp)  # every network has a first layer
     return self.output(x), tuple(taps)
 
 
@@ -145,21 +169,36 @@ class VGG(_NormedLayers):
     x = x.reshape(x.shape[0], -1)
     for d in range(self.depth):
       pre = self.dense(self.width, f"dense_{d}")(x)
-      x = self.normed(pre, i, train, hp, taps)
+      new = self.normed(pre, i, train, hp, taps)
+      x = new if d == 0 else self.hidden(x, new, i, hp)
       i += 1
     return self.output(x), tuple(taps)
 
 
-def build(static: dict, num_outputs: int) -> nn.Module:
-  """The model of a group's static config."""
+def build(static: dict, num_outputs: int, variant_units=()) -> nn.Module:
+  """The model of a group's static config (of a padded program's, with its
+  `variant_units`: icsjax.programs)."""
   common = dict(width=static["width"], depth=static["depth"], num_outputs=num_outputs,
                 norm=static["norm"], norm_eps=static["norm_eps"], lp_center=static["lp_center"],
-                kernel_init=static["init"])
+                kernel_init=static["init"], variant_units=tuple(variant_units))
   if static["arch"] == "vgg":
     return VGG(channels=tuple(static["channels"]), convs_per_stage=static["convs_per_stage"],
                activation=static["activation"], **common)
   activation = "identity" if static["arch"] == "dln" else static["activation"]
   return MLP(activation=activation, **common)
+
+
+def variant_units(program_static: dict, variants, num_outputs: int) -> tuple:
+  """Per variant (a logical group's static config), per normalised layer of the
+  padded program `program_static`: the variant's real units there (0: it lacks
+  the layer). Layers correspond by name."""
+  names = build(program_static, num_outputs).layer_names
+  out = []
+  for static in variants:
+    own = build(static, num_outputs)
+    units = dict(zip(own.layer_names, own.layer_units))
+    out.append(tuple(units.get(name, 0) for name in names))
+  return tuple(out)
 
 
 def scale_kernels(params, gain):

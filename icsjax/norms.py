@@ -29,8 +29,33 @@ LP_ORDER = {"l1_batchnorm": 1.0, "l2_batchnorm": 2.0, "linf_batchnorm": math.inf
 NOISY_NORMS = ("noisy_batchnorm",)  # the kinds that draw from the "noise" rng in train mode
 # Eval mode with these keys in hp adapts the statistics to the batch (icsjax.inference).
 ADAPT_MEAN_WEIGHT, ADAPT_SCALE_WEIGHT = "adapt_mean_weight", "adapt_scale_weight"
+# A padded program's per-model index of its logical group (icsjax.programs), in hp.
+PROGRAM_VARIANT = "program_variant"
 RUNNING_STAT_NAMES = {"batchnorm": ("mean", "var"), "noisy_batchnorm": ("mean", "var"),
                       **{k: ("mean", "lp_scale") for k in LP_ORDER}}
+
+
+def variant_index(hp):
+  """The model's variant (logical group) within its padded program."""
+  return jnp.asarray(hp[PROGRAM_VARIANT]).astype(jnp.int32)
+
+
+def stand_in(x):
+  """Values for a padded program's padding units to normalise instead of their
+  constant 0, whose scale (sqrt of 0) would have an infinite derivative: +1 and
+  -1 on alternate examples, so that every batch statistic stays finite."""
+  sign = 1.0 - 2.0 * (jnp.arange(x.shape[0]) % 2).astype(x.dtype)
+  return jnp.broadcast_to(sign.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
+
+
+def variant_noise(key, shape, hp, dtype, variant_units):
+  """Noisy BN's (s, m) in a padded program: drawn at the model's own number of
+  units (the same numbers as its network alone draws), 0 on padding units."""
+  distinct = sorted(set(variant_units))
+  pad = lambda a: jnp.pad(a, [(0, 0)] * (len(shape) - 1) + [(0, shape[-1] - a.shape[-1])])
+  draws = [santurkar_noise(key, tuple(shape[:-1]) + (u,), hp, dtype) for u in distinct]
+  which = jnp.asarray([distinct.index(u) for u in variant_units])[variant_index(hp)]
+  return tuple(jnp.stack([pad(d[i]) for d in draws])[which] for i in range(2))
 
 
 def lp_scale(centred, axes, p):
@@ -90,26 +115,46 @@ class Norm(nn.Module):
   kind: str
   eps: float = 1e-5
   lp_center: bool = True
+  # A padded program: this layer's real units per variant (icsjax.programs).
+  variant_units: tuple[int, ...] = ()
 
   @nn.compact
-  def __call__(self, x, *, train: bool, hp):
+  def __call__(self, x, *, train: bool, hp, mask=None):
+    """`mask` (units,): a padded program's real units; the others are normalised
+    as stand-ins and take no part in any statistic of the real ones."""
     if self.kind == "none":
       return x
     features = x.shape[-1]
     gamma = self.param("scale", nn.initializers.ones, (features,), x.dtype)
     beta = self.param("bias", nn.initializers.zeros, (features,), x.dtype)
     if self.kind == "layernorm":
-      # Per example over every unit of the layer (a conv layer: height x width x channels).
-      axes = tuple(range(1, x.ndim))
-      mean = jnp.mean(x, axis=axes, keepdims=True)
-      var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-      return (x - mean) * jax.lax.rsqrt(var + self.eps) * gamma + beta
+      return self._layer_normalise(x, mask) * gamma + beta
+    if mask is not None:
+      x = jnp.where(mask, x, stand_in(x))
     y = self._batch_normalise(x, train, hp) * gamma + beta
     # Train mode without a "noise" key is train-mode evaluation: batch statistics, no noise.
     if self.kind in NOISY_NORMS and train and self.has_rng("noise"):
-      s, m = santurkar_noise(self.make_rng("noise"), x.shape, hp, x.dtype)
+      if self.variant_units:
+        s, m = variant_noise(self.make_rng("noise"), x.shape, hp, x.dtype, self.variant_units)
+      else:
+        s, m = santurkar_noise(self.make_rng("noise"), x.shape, hp, x.dtype)
       y = s * y + m
     return y
+
+  def _layer_normalise(self, x, mask):
+    """Per example over every unit of the layer (a conv layer: height x width x
+    channels); in a padded program over its real units only."""
+    axes = tuple(range(1, x.ndim))
+    if mask is None:
+      mean = jnp.mean(x, axis=axes, keepdims=True)
+      var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+      return (x - mean) * jax.lax.rsqrt(var + self.eps)
+    # An absent layer has no real unit: count 1 keeps its (unused) values finite.
+    count = jnp.maximum(jnp.sum(mask), 1) * math.prod(x.shape[1:-1])
+    mean = jnp.sum(jnp.where(mask, x, 0.0), axis=axes, keepdims=True) / count
+    centred = jnp.where(mask, x - mean, 0.0)
+    var = jnp.sum(jnp.square(centred), axis=axes, keepdims=True) / count
+    return centred * jax.lax.rsqrt(var + self.eps)
 
   def _batch_normalise(self, x, train, hp):
     mean_name, scale_name = RUNNING_STAT_NAMES[self.kind]

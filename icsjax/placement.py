@@ -28,18 +28,40 @@ def devices_for(num_models: int, available: int, processes: int = 1) -> int:
              key=lambda d: (per_device(d), d * per_device(d) - num_models))
 
 
-def model_mesh(devices: int) -> jax.sharding.Mesh:
-  """`devices` devices along one axis, "model": the first ones of one process, or
-  as many of each process's (hosts.model_devices)."""
+def model_mesh(devices: int, first: int = 0) -> jax.sharding.Mesh:
+  """`devices` devices along one axis, "model": one process's from its device
+  `first` on (a block: `device_blocks`), or as many of each process's
+  (hosts.model_devices; `first` is then 0)."""
+  if first:
+    return jax.sharding.Mesh(np.array(jax.devices()[first:first + devices]), ("model",))
   return jax.sharding.Mesh(np.array(hosts.model_devices(devices)), ("model",))
 
 
-def model_sharding(num_models: int):
-  """The model axis laid out over the devices that share it best (None: one)."""
-  d = devices_for(num_models, jax.device_count(), hosts.count())
-  if d == 1:
+def device_blocks(program_sizes) -> list[tuple[int, int]]:
+  """(first device, devices available) of each program of a run, in order.
+
+  One process with several devices and several programs: each program gets a
+  block of its own, devices // programs wide (at least 1; with more programs
+  than devices, single devices in turn), so that programs whose segments are
+  dispatched one after another run at once on different devices, and a
+  program spreads its models over its block only. Else every program may use
+  every device, and programs run one after another."""
+  available, count = jax.device_count(), len(program_sizes)
+  if hosts.count() > 1 or available == 1 or count == 1:
+    return [(0, available)] * count
+  width = max(1, available // count)
+  slots = available // width
+  return [((i % slots) * width, width) for i in range(count)]
+
+
+def model_sharding(num_models: int, block: tuple[int, int] | None = None):
+  """The model axis laid out over the devices of `block` ((first, available);
+  None: every device) that share it best (None: one device)."""
+  first, available = block or (0, jax.device_count())
+  d = devices_for(num_models, available, hosts.count())
+  if d == 1 and not first:
     return None
-  return jax.sharding.NamedSharding(model_mesh(d), jax.sharding.PartitionSpec("model"))
+  return jax.sharding.NamedSharding(model_mesh(d, first), jax.sharding.PartitionSpec("model"))
 
 
 def pad_models(values, multiple: int):
@@ -49,10 +71,10 @@ def pad_models(values, multiple: int):
   return np.concatenate([values, np.repeat(values[-1:], -k % multiple, axis=0)])
 
 
-def place(tree, num_models: int):
-  """A host tree of a group's real models, padded and laid out over the devices
-  that group uses here (which may be more or fewer than a run that saved it had)."""
-  sharding = model_sharding(num_models)
+def place(tree, num_models: int, block: tuple[int, int] | None = None):
+  """A host tree of a program's real models, padded and laid out over the devices
+  of `block` it uses here (which may be more or fewer than a run that saved it had)."""
+  sharding = model_sharding(num_models, block)
   devices = 1 if sharding is None else sharding.mesh.size
   tree = jax.tree_util.tree_map(lambda a: jnp.asarray(pad_models(np.asarray(a), devices)), tree)
   return tree if sharding is None else jax.device_put(tree, sharding)
@@ -120,7 +142,7 @@ def in_chunks(fn, tree, devices: int, chunk: int):
   return jax.tree_util.tree_map(ungroup, out)
 
 
-def one_model_per_device(fn, devices: int):
+def one_model_per_device(fn, devices: int, first: int = 0):
   """fn of one model, which when vmapped over a segment's model axis (devices
   contiguous blocks) runs one model per device at a time: lax.map over each
   device's models, and fn unbatched on each device (shard_map), so that one
@@ -154,7 +176,7 @@ def one_model_per_device(fn, devices: int):
       if devices == 1:
         return block(batched_leaves, shared)
       model = jax.sharding.PartitionSpec("model")
-      return jax.shard_map(block, mesh=model_mesh(devices),
+      return jax.shard_map(block, mesh=model_mesh(devices, first),
                            in_specs=(model, jax.sharding.PartitionSpec()), out_specs=model,
                            check_vma=False)(batched_leaves, shared)
 

@@ -18,8 +18,10 @@ from icsjax import failure
 from icsjax import faults
 from icsjax import hosts
 from icsjax import live_metrics
+from icsjax import padding
 from icsjax import placement
 from icsjax import preemption
+from icsjax import programs as programs_lib
 from icsjax import records as records_lib
 from icsjax import shards
 from icsjax import store
@@ -36,15 +38,37 @@ from icsjax.state import ModelState
 
 @dataclasses.dataclass
 class GroupRun:
-  """A group, its compiled loop, its per-model inputs and its live state."""
-  group: study_lib.Group
-  spec: GroupSpec
+  """A compiled program (one logical group, or several padded into one:
+  icsjax.programs), its loop, its per-model inputs and its live state."""
+  program: programs_lib.Program
+  specs: tuple[GroupSpec, ...]  # each logical group's own, in program order
+  spec: GroupSpec               # the program's (a padded one: its padded network)
   loop: train.Loop
   data: data_lib.Dataset
   hparams: dict
   model_seeds: jax.Array
   state: ModelState
   baseline: failure.Baseline  # what its models' final evaluations are judged against
+
+  @property
+  def groups(self) -> tuple[study_lib.Group, ...]:
+    return self.program.groups
+
+  @property
+  def group(self) -> study_lib.Group:
+    """The program's one logical group (a padded program has several: `groups`)."""
+    if self.program.padded:
+      raise ValueError(f"program {self.program.name} trains {len(self.groups)} groups")
+    return self.groups[0]
+
+  @property
+  def size(self) -> int:
+    return self.program.size
+
+  @property
+  def block(self) -> tuple[int, int]:
+    """(first device, devices) the program's models are spread over."""
+    return (self.spec.first_device, self.spec.devices)
 
 
 def grid_json(study: study_lib.Study) -> dict:
@@ -63,46 +87,109 @@ def load_data(study: study_lib.Study) -> dict:
   return loaded
 
 
-def build_group_runs(study: study_lib.Study, loaded: dict | None = None) -> list[GroupRun]:
-  """Initialises every group's models on its data (`load_data`'s, loaded here
-  when not given)."""
+def plan(study: study_lib.Study):
+  """(programs, choices) of `study` on this backend (icsjax.programs.plan)."""
+  return programs_lib.plan(study, jax.default_backend())
+
+
+def _initial_state(program, specs, spec, loop, hparams, devices: int) -> ModelState:
+  """A program's models before their first step, their axis padded for `devices`:
+  each group's own networks, initialised as alone and, in a padded program,
+  padded to its network."""
+  if not program.padded:
+    return loop.init(jnp.asarray(placement.pad_models(np.asarray(program.seeds(), np.int32),
+                                                      devices)),
+                     {k: jnp.asarray(placement.pad_models(v, devices))
+                      for k, v in hparams.items()})
+  template = _state_template(spec, hparams)
+  parts = []
+  for g, own, start in zip(program.groups, specs, program.offsets()):
+    hp = {k: v[start:start + g.size] for k, v in hparams.items()}
+    state = train.make_loop(own).init(jnp.asarray(np.asarray(g.coords["seed"], np.int32)), hp)
+    parts.append(padding.pad_tree(state, template))
+  return jax.tree_util.tree_map(
+      lambda *a: jnp.asarray(placement.pad_models(np.concatenate(a), devices)), *parts)
+
+
+def _state_template(spec: GroupSpec, hparams) -> ModelState:
+  """One model's state in the program's shapes (no model axis)."""
+  hp = {k: jnp.asarray(v[0]) for k, v in hparams.items()}
+  return jax.eval_shape(lambda: train.init_model(spec, 0, hp))
+
+
+def build_group_runs(study: study_lib.Study, loaded: dict | None = None,
+                     programs=None) -> list[GroupRun]:
+  """Initialises every program's models on its data (`load_data`'s, loaded here
+  when not given); `programs`: the study's (`plan`'s when not given)."""
   run = study_lib.run_spec(study.config)
   backend = jax.default_backend()
   loaded = load_data(study) if loaded is None else loaded
+  programs = plan(study)[0] if programs is None else programs
   placed, baselines, runs = {}, {}, []
-  for g in study.groups:
+  blocks = placement.device_blocks([p.size for p in programs])
+  for program, block in zip(programs, blocks):
+    g = program.groups[0]  # the program's groups share their data
     key = data_lib.data_key(g.static)
-    sharding = placement.model_sharding(g.size)
+    sharding = placement.model_sharding(program.size, block)
     devices = 1 if sharding is None else sharding.mesh.size
-    if (key, devices) not in placed:  # every device of the group holds the whole dataset
-      placed[key, devices] = loaded[key] if sharding is None else jax.device_put(
+    where = (key, devices, block[0])
+    if where not in placed:  # every device of the program holds the whole dataset
+      placed[where] = loaded[key] if sharding is None else jax.device_put(
           loaded[key], jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
-    ds = placed[key, devices]
-    spec = GroupSpec(static=g.static, run=run, task=ds.task, num_outputs=ds.num_outputs,
-                     input_shape=ds.input_shape, num_train=ds.num_train, num_test=ds.num_test,
-                     devices=devices, probes_in_sequence=placement.probes_in_sequence(backend))
+    ds = placed[where]
+    specs = tuple(GroupSpec(static=member.static, run=run, task=ds.task,
+                            num_outputs=ds.num_outputs, input_shape=ds.input_shape,
+                            num_train=ds.num_train, num_test=ds.num_test, devices=devices,
+                            first_device=block[0],
+                            probes_in_sequence=placement.probes_in_sequence(backend))
+                  for member in program.groups)
+    spec = dataclasses.replace(specs[0], static=program.static, variants=program.variants)
     spec = dataclasses.replace(spec, model_chunk=placement.group_model_chunk(
-        g.size, devices, records_lib.memory_per_model(spec),
+        program.size, devices, records_lib.memory_per_model(spec),
         placement.probe_memory_bytes(run.probe_memory_mb), backend))
     examples = spec.num_test_batches * spec.batch_size
     if (key, examples) not in baselines:
       baselines[key, examples] = failure.baseline(loaded[key], ds.task, ds.num_outputs, examples)
     loop = train.make_loop(spec)
-    hparams = {k: jnp.asarray(placement.pad_models(np.asarray(v, np.float32), devices))
-               for k, v in g.hparams.items()}
-    seeds = jnp.asarray(placement.pad_models(np.asarray(g.coords["seed"], np.int32), devices))
-    state = loop.init(seeds, hparams)
+    hparams = {k: np.asarray(v, np.float32) for k, v in program.hparams().items()}
+    state = _initial_state(program, specs, spec, loop, hparams, devices)
+    hparams = {k: jnp.asarray(placement.pad_models(v, devices)) for k, v in hparams.items()}
+    seeds = jnp.asarray(placement.pad_models(np.asarray(program.seeds(), np.int32), devices))
     if sharding is not None:
       hparams, seeds, state = jax.device_put((hparams, seeds, state), sharding)
-    runs.append(GroupRun(g, spec, loop, ds, hparams, seeds, state, baselines[key, examples]))
+    runs.append(GroupRun(program, specs, spec, loop, ds, hparams, seeds, state,
+                         baselines[key, examples]))
   return runs
 
 
+def host_states(gr: GroupRun) -> dict[str, ModelState]:
+  """{group: its models' state on the host} (what a checkpoint holds: each
+  group's own networks, whatever program trained them); gathered from every
+  process (each must call this)."""
+  state = jax.tree_util.tree_map(lambda a: np.asarray(a)[:gr.size], hosts.to_host(gr.state))
+  out = {}
+  for g, own, start in zip(gr.groups, gr.specs, gr.program.offsets()):
+    mine = jax.tree_util.tree_map(lambda a: a[start:start + g.size], state)
+    if gr.program.padded:
+      mine = padding.unpad_tree(mine, _state_template(own, {k: v[:1] for k, v in
+                                                            gr.hparams.items()}))
+    out[g.name] = mine
+  return out
+
+
 def host_state(gr: GroupRun) -> ModelState:
-  """The group's state on the host, its real models only (what a checkpoint holds);
-  gathered from every process (each must call this)."""
-  return jax.tree_util.tree_map(lambda a: np.asarray(a)[:gr.group.size],
-                                hosts.to_host(gr.state))
+  """The state of a program's one group on the host (`host_states`)."""
+  return host_states(gr)[gr.group.name]
+
+
+def place_states(gr: GroupRun, states: dict) -> ModelState:
+  """`host_states`' inverse: the program's state laid out on its devices."""
+  parts = [states[g.name] for g in gr.groups]
+  if gr.program.padded:
+    template = _state_template(gr.spec, {k: v[:1] for k, v in gr.hparams.items()})
+    parts = [padding.pad_tree(jax.tree_util.tree_map(jnp.asarray, p), template) for p in parts]
+  whole = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *parts)
+  return placement.place(whole, gr.size, gr.block)
 
 
 def checkpoint_steps(config) -> list[int]:
@@ -123,7 +210,7 @@ def bytes_needed(runs: list[GroupRun], config) -> tuple[int, int]:
   more than checkpoint_keep while a new step is written)."""
   records = state = 0
   for gr in runs:
-    real = gr.group.size / len(gr.model_seeds)  # the padding models are not written
+    real = gr.size / len(gr.model_seeds)  # the padding models are not written
     out_state, out = jax.eval_shape(gr.loop.segment, gr.state, gr.hparams, gr.model_seeds,
                                     gr.data, jnp.int32(0))
     records += real * sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(out))
@@ -151,35 +238,61 @@ def check_free_space(runs: list[GroupRun], config, workdir) -> None:
 
 def run_segment(gr: GroupRun, start: int, dispatched: Callable[[], None] = lambda: None
                 ) -> dict:
-  """Trains one group for one segment; returns its records on the host, with each
-  model's failure verdict at the segment's end. The first segment's records start
-  with step 0 (the kinds that record it), read from the initial state before the
-  segment's donated buffers replace it. `dispatched` is called once the compiled
-  call has returned (traced and compiled, its work queued), before its results
-  are awaited."""
-  k = gr.group.size  # drop the padding models
-  on_host = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[:k],
-                                                hosts.to_host(tree))
-  initial = (on_host(gr.loop.at_init(gr.state, gr.hparams, gr.model_seeds, gr.data))
+  """`run_program_segment` of a program of one group: that group's records."""
+  return run_program_segment(gr, start, dispatched)[gr.group.name]
+
+
+def run_program_segment(gr: GroupRun, start: int,
+                        dispatched: Callable[[], None] = lambda: None) -> dict:
+  """Trains one program for one segment; returns {group: its records on the
+  host}, with each model's failure verdict at the segment's end (`dispatch`,
+  then `collect`)."""
+  return collect(gr, dispatch(gr, start, dispatched))
+
+
+def _on_host(gr: GroupRun, tree):
+  return jax.tree_util.tree_map(lambda a: np.asarray(a)[:gr.size],  # drop padding models
+                                hosts.to_host(tree))
+
+
+def dispatch(gr: GroupRun, start: int, dispatched: Callable[[], None] = lambda: None):
+  """Queues one segment of a program and returns at once with what `collect`
+  reads: programs dispatched one after another run at once where their
+  devices differ (icsjax.placement.device_blocks). The first segment's records
+  start with step 0 (the kinds that record it), read from the initial state
+  before the segment's donated buffers replace it. `dispatched` is called once
+  the compiled call has returned (traced and compiled, its work queued)."""
+  initial = (_on_host(gr, gr.loop.at_init(gr.state, gr.hparams, gr.model_seeds, gr.data))
              if start == 0 else {})
   gr.state, records = gr.loop.segment(gr.state, gr.hparams, gr.model_seeds, gr.data,
                                       jnp.int32(start))
   dispatched()
   records[records_lib.MODEL] = {"diverged_step": gr.state.diverged_step,
                                 **records_lib.model_records(gr.spec, gr.hparams)}
-  records = records_lib.finish(records_lib.with_initial(initial, on_host(records)))
+  return initial, records
+
+
+def collect(gr: GroupRun, pending) -> dict:
+  """{group: its records on the host} of a `dispatch`ed segment, once it is done."""
+  initial, records = pending
+  records = records_lib.finish(records_lib.with_initial(initial, _on_host(gr, records)))
   records[records_lib.MODEL].update(failure.verdict(
       records[records_lib.MODEL]["diverged_step"], failure.last_evaluation(records),
       gr.baseline))
-  return records
+  return programs_lib.split_records(records, gr.program, gr.spec, gr.specs)
 
 
-def schema(gr: GroupRun, records: dict) -> dict:
-  """The group's record schema: each variable's dims, fixed coordinates, attributes."""
+def schema(spec: GroupSpec, baseline: failure.Baseline, records: dict) -> dict:
+  """A group's record schema: each variable's dims, fixed coordinates, attributes."""
   variables = {name: records_lib.variable_dims(kind, name)
                for kind, tree in records.items() for name in tree}
-  return store.make_schema(variables, records_lib.fixed_coords(gr.spec),
-                           {**records_lib.attrs(gr.spec), **gr.baseline.attrs()})
+  return store.make_schema(variables, records_lib.fixed_coords(spec),
+                           {**records_lib.attrs(spec), **baseline.attrs()})
+
+
+def all_host_states(runs: list[GroupRun]) -> dict[str, ModelState]:
+  """{group: host state} of every program (every process must call this)."""
+  return {name: state for gr in runs for name, state in host_states(gr).items()}
 
 
 def resume(runs: list[GroupRun], checkpoints, config, workdir, fingerprint: str, log) -> int:
@@ -187,11 +300,12 @@ def resume(runs: list[GroupRun], checkpoints, config, workdir, fingerprint: str,
   on disk, deletes records written after it, and returns the first segment to
   run (0 when there is nothing to resume from)."""
   seg = config.segment_steps
-  written = min(store.complete_segments(workdir, gr.group.name) for gr in runs)
+  names = [g.name for gr in runs for g in gr.groups]
+  written = min(store.complete_segments(workdir, name) for name in names)
   step, states = 0, None
   if checkpoints is not None:
     step, states = checkpoints.restore_latest(
-        {gr.group.name: host_state(gr) for gr in runs},
+        all_host_states(runs),
         fingerprint, at_most=written * seg, log=log)
   # Every process read the shared workdir itself: they must have found the same step.
   steps = [s[0] for s in hosts.gather_ints([step])]
@@ -202,11 +316,11 @@ def resume(runs: list[GroupRun], checkpoints, config, workdir, fingerprint: str,
   if hosts.primary():
     if checkpoints is not None:
       checkpoints.delete_after(step)
-    for gr in runs:
-      store.truncate(workdir, gr.group.name, step // seg)
+    for name in names:
+      store.truncate(workdir, name, step // seg)
   for gr in runs:
     if states is not None:
-      gr.state = placement.place(states[gr.group.name], gr.group.size)
+      gr.state = place_states(gr, states)
   if step:
     log(f"{workdir} holds this same config: resuming it at step {step}, its latest intact "
         f"checkpoint (records after it, if any, are written again)")
@@ -219,24 +333,28 @@ def resume(runs: list[GroupRun], checkpoints, config, workdir, fingerprint: str,
 def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, bar,
                                compiles: bool = False,
                                live: live_metrics.LiveMetrics | None = None) -> None:
-  """Trains every group through segment `seg` and writes its records, then its
-  live metrics (`live`, when given), on process 0 only (every process trains);
-  `compiles`: this process calls each group's loop for the first time (the bar
-  says so)."""
+  """Trains every program through segment `seg` and writes each group's records,
+  then its live metrics (`live`, when given), on process 0 only (every process
+  trains); `compiles`: this process calls each program's loop for the first
+  time (the bar says so)."""
   start = seg * config.segment_steps
-  for gr in runs:
+  pending, started = [], time.perf_counter()
+  for gr in runs:  # every program queued first: those on different devices run at once
     if compiles:
-      bar.compiling(gr.group.name)
-    started = time.perf_counter()
-    records = run_segment(gr, start, bar.compiled if compiles else lambda: None)
-    seconds = time.perf_counter() - started
+      bar.compiling(gr.program.name)
+    pending.append(dispatch(gr, start, bar.compiled if compiles else lambda: None))
+  for gr, queued in zip(runs, pending):
+    by_group = collect(gr, queued)
+    seconds = time.perf_counter() - started  # from the first dispatch: they overlap
     if hosts.primary():
-      if seg == 0:
-        store.write_schema(workdir, gr.group.name, schema(gr, records))
-      store.write_segment(workdir, gr.group.name, seg, records,
-                          records_lib.time_coords(gr.spec.run, start))
-      if live is not None:
-        live.write(gr.group, gr.spec, records, start, seconds, compiles)
+      for g, spec in zip(gr.groups, gr.specs):
+        records = by_group[g.name]
+        if seg == 0:
+          store.write_schema(workdir, g.name, schema(spec, gr.baseline, records))
+        store.write_segment(workdir, g.name, seg, records,
+                            records_lib.time_coords(spec.run, start))
+        if live is not None:
+          live.write(g, spec, records, start, seconds, compiles)
     bar.group_done(config.segment_steps)
 
 
@@ -288,7 +406,11 @@ def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
     log(f"study: {len(study.groups)} group(s), {study.num_models} models, "
         f"{config.steps} steps, on {jax.device_count()} {jax.devices()[0].platform} "
         f"device(s)" + (f" of {hosts.count()} processes" if hosts.count() > 1 else ""))
-  runs = build_group_runs(study, loaded)
+  programs, choices = plan(study)
+  if primary:
+    for choice in choices:
+      log(f"programs: {choice.describe()}")
+  runs = build_group_runs(study, loaded, programs)
   check_free_space(runs, config, workdir)  # too little room: refused before the workdir is written
   if primary:
     if status == "resume":
@@ -328,7 +450,7 @@ def _run_locked(study: study_lib.Study, workdir, progress: bool, log,
       # After every group's records of the segment: a checkpoint never runs ahead of them.
       if checkpoints is not None and (stopping or (seg + 1) % config.checkpoint_segments == 0
                                       or end == config.steps):
-        states = {gr.group.name: host_state(gr) for gr in runs}  # every process gathers
+        states = all_host_states(runs)  # every process gathers
         if primary:
           checkpoints.save(end, states, fingerprint)
       if stopping:

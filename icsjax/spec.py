@@ -58,15 +58,33 @@ class GroupSpec:
   num_train: int
   num_test: int
   devices: int = 1      # devices the model axis is sharded over, in contiguous blocks
+  first_device: int = 0  # the first of them (icsjax.placement.device_blocks)
   model_chunk: int = 0  # models a device trains at a time (0: all of its share)
   # Probes in sequence (a CPU, where work arrays then stay in cache): a per-device
   # kind one model per device at a time, and each probe's evaluations one after
   # another (probes.evaluations). Else all at once (accelerators).
   probes_in_sequence: bool = False
+  # A padded program (icsjax.programs): the static config of each logical group it
+  # trains, in variant order; `static` is then the program's padded config.
+  variants: tuple = ()
+
+  @functools.cached_property
+  def variant_units(self) -> tuple[tuple[int, ...], ...]:
+    """Per variant, per normalised layer: its real units (0: absent); () unpadded."""
+    if not self.variants:
+      return ()
+    return models.variant_units(self.static, self.variants, self.num_outputs)
+
+  @functools.cached_property
+  def variant_param_shapes(self) -> tuple:
+    """Per variant: its own network's parameter tree, as shapes."""
+    return tuple(jax.eval_shape(lambda s=s: models.build(s, self.num_outputs).init(
+        {"params": jax.random.PRNGKey(0)}, jnp.zeros((1,) + tuple(self.input_shape)),
+        train=False, hp={})["params"]) for s in self.variants)
 
   @property
   def model(self) -> nn.Module:
-    return models.build(self.static, self.num_outputs)
+    return models.build(self.static, self.num_outputs, self.variant_units)
 
   @property
   def activation(self) -> str:

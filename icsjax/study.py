@@ -79,6 +79,11 @@ CORE_FIELDS: dict[str, Field] = {
                                        "it only if that is expected to end within this many "
                                        "seconds, else exit at once keeping the last intact "
                                        "checkpoint (icsjax/preemption.py)"),
+    "programs": Field("run", f.choice(("auto", "separate", "padded")),
+                      "groups of one family (differing only in width or depth) in one "
+                      "padded compiled program ('padded'), one program per group "
+                      "('separate'), or whichever the cost model expects to be faster "
+                      "('auto'; icsjax/programs.py)"),
     "cpu_devices": Field("run", f.integer(0), "CPU only: split the host into this many XLA devices "
                          "and shard the model axis over them (0: one per core; 1: no split)"),
 }

@@ -145,7 +145,7 @@ def make_loop(spec: GroupSpec) -> Loop:
     # CPU can hand each device its models one at a time.
     fn = lambda hp, inputs: kind.compute(spec, model_fns(spec, hp), inputs)
     if spec.probes_in_sequence:
-      fn = placement.one_model_per_device(fn, spec.devices)
+      fn = placement.one_model_per_device(fn, spec.devices, spec.first_device)
     return fn(hp, kind.per_device_inputs(spec, fns, at))
 
   def due(at: Moment, hp, kinds=kinds) -> dict:

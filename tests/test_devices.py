@@ -21,9 +21,13 @@ SCRIPT = textwrap.dedent("""
     jax.config.update("jax_disable_most_optimizations", True)
     from icsjax import placement
     from icsjax import runner
-    from test_devices import five_models
+    from icsjax import study
+    from test_devices import five_models, two_programs
     runner.run(five_models(), {workdir!r}, progress=False)
     print("devices", jax.device_count(), placement.model_sharding(5).mesh.size)
+    runner.run(two_programs(), {workdir!r} + "-two", progress=False)
+    for gr in runner.build_group_runs(study.expand(two_programs())):
+      print("program", gr.program.name, sorted(d.id for d in gr.state.diverged_step.devices()))
 """)
 
 
@@ -40,6 +44,16 @@ def five_models():
   return c
 
 
+def two_programs():
+  """Two programs of 2 models each (two norms: two families): on 4 devices, a
+  block of 2 devices each, run at once."""
+  from conftest import tiny_config
+  c = tiny_config(steps=20)
+  c.sweep.norm = ("none", "batchnorm")
+  c.sweep.lr = (0.1,)
+  return c
+
+
 def run_python(code, **env):
   full_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   full_env.update(env)
@@ -53,6 +67,20 @@ def test_four_virtual_devices_match_one(tmp_path):
   out = run_python(SCRIPT.format(tests=tests, workdir=str(tmp_path / "four")))
   assert out.returncode == 0, out.stderr[-3000:]
   assert "CPU split into 4 devices" in out.stdout and "devices 4 3" in out.stdout
+  # Programs on disjoint blocks of devices, queued together, write what they
+  # write one after another on one device (to rounding: a device's share of
+  # models differs).
+  assert "program norm-none [0, 1]" in out.stdout, out.stdout
+  assert "program norm-batchnorm [2, 3]" in out.stdout, out.stdout
+  apart = runner.run(two_programs(), tmp_path / "apart", progress=False, log=lambda *_: None)
+  together = runner.store.load(str(tmp_path / "four") + "-two")
+  for group in apart:
+    for name in apart[group].data_vars:
+      if apart[group][name].dtype.kind == "U":
+        assert (together[group][name].values == apart[group][name].values).all()
+      else:
+        np.testing.assert_allclose(together[group][name].values, apart[group][name].values,
+                                   rtol=1e-5, atol=1e-6, err_msg=f"{group}/{name}")
   one = runner.run(five_models(), tmp_path / "one", progress=False, log=lambda *_: None)
   four = runner.store.load(tmp_path / "four")
   assert list(one) == list(four)

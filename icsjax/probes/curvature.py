@@ -146,7 +146,14 @@ def lanczos(hvp, v0, steps: int, unbatched: bool = False):
   return alphas, betas, jax.vmap(unravel)(basis)
 
 
-def slq(hvp, like, steps: int, vectors: int, key, in_sequence: bool = True):
+def own_draw(draw, key, like, fill=0.0):
+  """draw(key, like): how a network alone draws its random vectors (a padded
+  program's models draw through icsjax.forward.ModelFns.random_like instead)."""
+  return draw(key, like)
+
+
+def slq(hvp, like, steps: int, vectors: int, key, in_sequence: bool = True,
+        random_like=own_draw):
   """Stochastic Lanczos quadrature (Ghorbani et al. 2019), the compiled part.
 
   Returns (alphas, betas), each (vectors, steps): the tridiagonal matrix of
@@ -154,9 +161,10 @@ def slq(hvp, like, steps: int, vectors: int, key, in_sequence: bool = True):
   ``gauss_quadrature`` turns them into the density. Vectors run one after
   another (one basis held; the caller runs the model unbatched, as the CPU
   probe does) or, with in_sequence False, all at once (``evaluations.each``).
+  `random_like` draws the start vectors (``own_draw``).
   """
   def one(k):
-    return lanczos(hvp, rademacher(k, like), steps, unbatched=in_sequence)[:2]
+    return lanczos(hvp, random_like(rademacher, k, like), steps, unbatched=in_sequence)[:2]
   return each(one, jax.random.split(key, vectors), in_sequence)
 
 
@@ -230,18 +238,30 @@ def with_kernel(params, name: str, kernel):
   return {**params, name: {**params[name], "kernel": kernel}}
 
 
+def layer_start_vectors(key, kernels, names: tuple[str, ...]):
+  """{name: {"kernel": Rademacher vector}} for each layer of `kernels` ({name:
+  {"kernel": array}}), the keys split from `key` in the order of `names`."""
+  present = [n for n in names if n in kernels]
+  return {n: {"kernel": rademacher(k, kernels[n]["kernel"], kernels[n]["kernel"].dtype)}
+          for n, k in zip(present, jax.random.split(key, len(present)))}
+
+
 def layer_lambda_max(loss_fn, params, names: tuple[str, ...], steps: int, key,
-                     in_sequence: bool = True):
+                     in_sequence: bool = True, random_like=own_draw):
   """Per layer in `names`: the largest eigenvalue of H_ii, the Hessian of
   loss_fn with respect to that layer's kernel alone (every other parameter
   held), from `steps` Lanczos steps (at most the kernel's size: then exact)
-  from a Rademacher start vector; (len(names),). The layers run one after
-  another, each on a basis of its kernel's size."""
+  from a Rademacher start vector (`layer_start_vectors`, drawn by
+  `random_like`; 1 where a padded program's network lacks the layer);
+  (len(names),). The layers run one after another, each on a basis of its
+  kernel's size."""
+  kernels = {name: {"kernel": params[name]["kernel"]} for name in names}
+  starts = random_like(lambda k, like: layer_start_vectors(k, like, names), key, kernels, 1.0)
   out = []
-  for name, k in zip(names, jax.random.split(key, len(names))):
+  for name in names:
     kernel = params[name]["kernel"]
     hvp = tree_hvp(lambda w, name=name: loss_fn(with_kernel(params, name, w)), kernel)
-    alphas, betas, _ = lanczos(hvp, rademacher(k, kernel, kernel.dtype), min(steps, kernel.size),
+    alphas, betas, _ = lanczos(hvp, starts[name]["kernel"], min(steps, kernel.size),
                                unbatched=in_sequence)
     out.append(tridiagonal_lambda_max(alphas, betas))
   return jnp.stack(out)
@@ -255,12 +275,13 @@ def spectrum_records(alphas, betas) -> dict:
           "hessian_lambda_min": nodes.min(axis=(-2, -1)).astype(np.float32)}
 
 
-def hutchinson_trace(quadratic_form, like, samples: int, key, in_sequence: bool = True):
+def hutchinson_trace(quadratic_form, like, samples: int, key, in_sequence: bool = True,
+                     random_like=own_draw):
   """Hutchinson's estimate of tr(H): the mean of quadratic_form(z) = z^T H z
-  over Rademacher z shaped like `like`, the samples in sequence or at once
-  (``evaluations.each``)."""
+  over Rademacher z shaped like `like` (drawn by `random_like`), the samples in
+  sequence or at once (``evaluations.each``)."""
   def one(k):
-    return quadratic_form(rademacher(k, like))
+    return quadratic_form(random_like(rademacher, k, like))
   return jnp.mean(each(one, jax.random.split(key, samples), in_sequence))
 
 
@@ -339,16 +360,18 @@ def records(spec, fns, probe: ProbeInputs):
   hvp = tree_hvp(loss_fn, params)
   k_slq, k_trace = jax.random.split(probe.vector_key)
   run, in_sequence = spec.run, spec.probes_in_sequence
-  alphas, betas = slq(hvp, params, run.lanczos_steps, run.slq_vectors, k_slq, in_sequence)
+  alphas, betas = slq(hvp, params, run.lanczos_steps, run.slq_vectors, k_slq, in_sequence,
+                      fns.random_like)
   loss, grads = jax.value_and_grad(loss_fn)(params)
   kernel_norm = lambda tree: jnp.stack([jnp.linalg.norm(tree[name]["kernel"].ravel())
                                         for name in spec.weight_layers])
   layer_max = layer_lambda_max(loss_fn, params, spec.weight_layers, run.layer_lanczos_steps,
-                               probe.layer_vector_key, in_sequence)
+                               probe.layer_vector_key, in_sequence, fns.random_like)
   weight_norm = kernel_norm(params)
   return {"lanczos_alpha": alphas, "lanczos_beta": betas,
           "hessian_trace": hutchinson_trace(tree_quadratic_form(loss_fn, params), params,
-                                            run.hutchinson_samples, k_trace, in_sequence),
+                                            run.hutchinson_samples, k_trace, in_sequence,
+                                            fns.random_like),
           "probe_loss": loss, "probe_grad_norm": kernel_norm(grads),
           "weight_norm": weight_norm, "layer_lambda_max": layer_max,
           "layer_sharpness_scaled": jnp.square(weight_norm) * layer_max}

@@ -37,19 +37,31 @@ def compute(spec, fns, at):
   # Over monitor examples (and, in a conv layer, every position): (layer, unit, quantile)
   rec["monitor_percentiles"] = jnp.stack(
       [jnp.quantile(z.reshape(-1, z.shape[-1])[:, units], q, axis=0).T for _, z in taps])
-  rec.update(monitor_signal(taps, spec.activation))
+  rec.update(monitor_signal(taps, spec.activation, fns.unit_masks))
   return rec
 
 
-def monitor_signal(taps, activation: str) -> dict:
+def monitor_signal(taps, activation: str, unit_masks=None) -> dict:
   """Per layer (layer,): the fraction of saturated (example, position, unit)
   entries of the nonlinearity input z, and the variances of the pre-norm
-  activation and of z over examples (and positions), averaged over units."""
+  activation and of z over examples (and positions), averaged over units (a
+  padded program's: over the real units of `unit_masks`)."""
   saturated = models.SATURATION[activation][1]
-  unit_var = lambda a: jnp.mean(jnp.var(a.reshape(-1, a.shape[-1]), axis=0))
-  return {"saturated_fraction": jnp.stack([jnp.mean(saturated(z)) for _, z in taps]),
-          "monitor_preact_var": jnp.stack([unit_var(a) for a, _ in taps]),
-          "monitor_nonlin_input_var": jnp.stack([unit_var(z) for _, z in taps])}
+  if unit_masks is None:
+    unit_var = lambda a: jnp.mean(jnp.var(a.reshape(-1, a.shape[-1]), axis=0))
+    return {"saturated_fraction": jnp.stack([jnp.mean(saturated(z)) for _, z in taps]),
+            "monitor_preact_var": jnp.stack([unit_var(a) for a, _ in taps]),
+            "monitor_nonlin_input_var": jnp.stack([unit_var(z) for _, z in taps])}
+  # Every real unit has as many entries, so the mean over units of per-unit means
+  # is the mean over every real entry.
+  def real_mean(per_unit, mask):
+    return jnp.sum(jnp.where(mask, per_unit, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+  rows = lambda a: a.reshape(-1, a.shape[-1])
+  over = lambda f, which: jnp.stack([real_mean(f(rows(tap[which])), m)
+                                     for tap, m in zip(taps, unit_masks)])
+  return {"saturated_fraction": over(lambda z: jnp.mean(saturated(z), axis=0), 1),
+          "monitor_preact_var": over(lambda a: jnp.var(a, axis=0), 0),
+          "monitor_nonlin_input_var": over(lambda z: jnp.var(z, axis=0), 1)}
 
 
 def check(static, config, sizes, where):

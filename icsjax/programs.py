@@ -1,0 +1,265 @@
+"""Logical groups and compiled programs.
+
+A *logical group* (icsjax.study.Group) is one combination of static labels:
+the unit of `records/GROUP`, of resuming, of shards and of everything analysis
+reads. A *compiled program* is what XLA runs: one logical group, or several
+groups of one family (equal in every static field but the network's width,
+depth and VGG dense widths) padded into one network, the widest and deepest
+of them. Each model of a padded program keeps its own network exactly:
+
+- its narrower layers' extra units (padding units) start at 0 weight, output
+  0 after their activation, take no part in any norm's statistics (icsjax.norms:
+  stand-ins) and so get exactly zero gradient; its missing layers are the
+  identity (icsjax.models: `variant_units`);
+- its initial state is its own network's, padded (`padding.pad_tree`), and every random
+  draw a record kind or a noisy norm makes is drawn at its own network's shapes
+  and padded with zeros (`icsjax.forward.ModelFns.random_like`, norms'
+  `variant_noise`), so that it draws the same numbers as alone;
+- its records are cut back to its own layers and units (`split_records`), and its
+  checkpointed state to its own shapes (`padding.unpad_tree`), so that nothing written
+  tells how it was run.
+
+Its values then differ from the network's alone only by the order in which a
+wider matrix product adds its (exactly zero) extra terms: rounding, within
+1e-5 relative for a step and a probe (tests/test_programs.py).
+
+``config.programs`` chooses: "separate" (a program per group), "padded" (a
+program per family) or "auto": per family, the cheaper by `estimate_seconds`,
+a cost model of padding waste against each program's fixed costs, with
+constants per backend in COSTS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from icsjax import data as data_lib
+from icsjax import models
+from icsjax import records as records_lib
+from icsjax.norms import PROGRAM_VARIANT
+
+MODES = ("auto", "separate", "padded")
+PADDED_FIELDS = ("width", "depth")  # what a program pads (VGG: its dense layers')
+
+# Per backend: a program's fixed cost per training step (launching its step,
+# whatever its size), its compile time, and the FLOP/s one device sustains on
+# these small networks, record kinds included (the default study's probes).
+# Measured with `benchmarks/study_rate.py --fit_costs` (its docstring says how;
+# rerun it on new hardware and put its figures here). cpu: 2 cores, jax 0.10.2,
+# the default study's batchnorm groups (depth 3: 24.7 GFLOP/s, depth 8: 24.2,
+# no measurable cost per step). gpu: the per-step cost from H100 runs of the
+# default study's groups (75 us a step at 10 models, launch-bound); its compile
+# time and rate are estimates awaiting a device run. tpu: the gpu figures.
+COSTS = {
+    "cpu": {"step_seconds": 0.0, "compile_seconds": 29.0, "flops_per_second": 2.4e10},
+    "gpu": {"step_seconds": 75e-6, "compile_seconds": 20.0, "flops_per_second": 2e13},
+    "tpu": {"step_seconds": 75e-6, "compile_seconds": 20.0, "flops_per_second": 2e13},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """Logical groups compiled and run as one program (one group: no padding)."""
+  groups: tuple  # of icsjax.study.Group
+  static: dict   # the program's network: the widest and deepest of its groups'
+
+  @property
+  def padded(self) -> bool:
+    return len(self.groups) > 1
+
+  @property
+  def name(self) -> str:
+    names = [g.name for g in self.groups]
+    return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} padded)"
+
+  @property
+  def variants(self) -> tuple:
+    """Each group's static config, in variant order (() when not padded)."""
+    return tuple(g.static for g in self.groups) if self.padded else ()
+
+  @property
+  def size(self) -> int:
+    return sum(g.size for g in self.groups)
+
+  def offsets(self) -> list[int]:
+    """Each group's first model within the program's model axis."""
+    return list(np.cumsum([0] + [g.size for g in self.groups])[:-1])
+
+  def hparams(self) -> dict:
+    """Per-model hyperparameters of every group in order, with each model's variant."""
+    out = {k: sum((tuple(g.hparams[k]) for g in self.groups), ()) for k in self.groups[0].hparams}
+    if self.padded:
+      out[PROGRAM_VARIANT] = sum(((float(v),) * g.size for v, g in enumerate(self.groups)), ())
+    return out
+
+  def seeds(self) -> tuple:
+    return sum((tuple(g.coords["seed"]) for g in self.groups), ())
+
+
+def family(static: dict) -> tuple:
+  """Groups of one family may share a padded program: every static field equal
+  but the padded ones (a VGG's convolution channels included: its first dense
+  layer reads them through the flattening)."""
+  return tuple(sorted((k, str(v)) for k, v in static.items() if k not in PADDED_FIELDS))
+
+
+def padded_static(statics) -> dict:
+  """The program network of a family: the widest and deepest of its members."""
+  out = dict(statics[0])
+  for k in PADDED_FIELDS:
+    out[k] = max(s[k] for s in statics)
+  return out
+
+
+def model_macs(static: dict) -> int:
+  """Multiply-adds of one example's forward pass (dense and conv layers)."""
+  shape, outputs = data_lib.input_shape_and_outputs(static)
+  model = models.build(static, outputs)
+  params = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
+                                             jnp.zeros((1,) + tuple(shape)), train=False,
+                                             hp={})["params"])
+  total, side = 0, shape[0] if len(shape) == 3 else 1
+  for name in sorted(params, key=lambda n: (not n.startswith("conv"), n)):
+    if "kernel" not in params[name]:
+      continue
+    kernel = params[name]["kernel"].shape
+    if name.startswith("conv"):
+      stage = int(name.split("_")[1]) // static["convs_per_stage"]
+      positions = math.ceil(side / 2 ** stage) ** 2
+      total += positions * math.prod(kernel)
+    else:
+      total += math.prod(kernel)
+  return total
+
+
+def step_flops(static: dict, models: int) -> int:
+  """FLOPs of one training step of `models` networks of `static`: 6 x MACs x
+  batch each (2 FLOPs per multiply-add; forward, and backward to the inputs
+  and to the weights)."""
+  return 6 * model_macs(static) * static["batch_size"] * models
+
+
+def estimate_seconds(statics_and_models, steps: int, costs: dict) -> float:
+  """One program's time for `steps` steps: its compile time, its fixed cost
+  per step, and its `step_flops` (the probes scale alike) at the backend's
+  rate. statics_and_models: (static, models) of the networks it trains as
+  they are compiled (a padded program: its own network, all its models)."""
+  work = sum(step_flops(s, n) for s, n in statics_and_models)
+  return (costs["compile_seconds"]
+          + steps * (costs["step_seconds"] + work / costs["flops_per_second"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """What the plan decided for a family of two or more groups, and why."""
+  groups: tuple[str, ...]
+  padded: bool
+  waste: float            # share of the padded program's work spent on padding
+  padded_seconds: float   # the cost model's estimates
+  separate_seconds: float
+  reason: str = ""        # why it could not be padded, if so
+
+  def describe(self) -> str:
+    head = f"{len(self.groups)} groups ({', '.join(self.groups)})"
+    if self.reason:
+      return f"{head}: separate programs ({self.reason})"
+    verdict = "one padded program" if self.padded else "separate programs"
+    return (f"{head}: {verdict}; padding would waste {self.waste:.0%} of the padded "
+            f"program's work; estimated {self.padded_seconds:.0f} s padded vs "
+            f"{self.separate_seconds:.0f} s separate")
+
+
+def why_not_padded(groups, run) -> str:
+  """Why these groups cannot share a padded program exactly ('' if they can)."""
+  if run.curvature_every:
+    sizes = [math.prod(leaf.shape) for g in groups
+             for name, layer in _param_shapes(g.static).items() if "kernel" in layer
+             for leaf in [layer["kernel"]]]
+    if run.layer_lanczos_steps > min(sizes):
+      return (f"layer_lanczos_steps={run.layer_lanczos_steps} exceeds a kernel's size "
+              f"({min(sizes)}), where the per-layer probe runs as many steps as the "
+              f"kernel has entries")
+  return ""
+
+
+def _param_shapes(static):
+  shape, outputs = data_lib.input_shape_and_outputs(static)
+  return jax.eval_shape(lambda: models.build(static, outputs).init(
+      {"params": jax.random.PRNGKey(0)}, jnp.zeros((1,) + tuple(shape)), train=False,
+      hp={})["params"])
+
+
+def plan(study, backend: str) -> tuple[tuple[Program, ...], tuple[Choice, ...]]:
+  """The study's programs, in the order of their first groups, and the choice
+  made for each family of two or more groups."""
+  mode, run = study.config.programs, study.config
+  families: dict[tuple, list] = {}
+  for g in study.groups:
+    families.setdefault(family(g.static), []).append(g)
+  costs = COSTS.get(backend, COSTS["gpu"])
+  steps = study.config.steps
+  programs, choices = [], []
+  for members in families.values():
+    if len(members) == 1:
+      programs.append(Program(tuple(members), members[0].static))
+      continue
+    static = padded_static([g.static for g in members])
+    names = tuple(g.name for g in members)
+    reason = why_not_padded(members, run) if mode != "separate" else ""
+    models = sum(g.size for g in members)
+    own = sum(estimate_seconds([(g.static, g.size)], steps, costs) for g in members)
+    together = estimate_seconds([(static, models)], steps, costs)
+    waste = 1 - sum(step_flops(g.static, g.size) for g in members) / step_flops(static, models)
+    padded = not reason and (mode == "padded" or (mode == "auto" and together < own))
+    choices.append(Choice(names, padded, waste, together, own, reason))
+    if padded:
+      programs.append(Program(tuple(members), static))
+    else:
+      programs.extend(Program((g,), g.static) for g in members)
+  order = {g.name: i for i, g in enumerate(study.groups)}
+  programs.sort(key=lambda p: order[p.groups[0].name])
+  return tuple(programs), tuple(choices)
+
+
+# --- records ------------------------------------------------------------------------
+
+def split_records(records: dict, program: Program, program_spec, group_specs) -> dict:
+  """{group name: records}: a program's host records cut into its groups' own:
+  their models, and (padded) their own layers and units, with NaN where a layer
+  has fewer units than the group's widest, as the group alone writes them."""
+  out = {}
+  for g, spec, start in zip(program.groups, group_specs, program.offsets()):
+    models_of = slice(start, start + g.size)
+    if not program.padded:
+      out[g.name] = jax.tree_util.tree_map(lambda a: a[models_of], records)
+      continue
+    layers = [program_spec.layer_names.index(n) for n in spec.layer_names]
+    weights = [program_spec.weight_layers.index(n) for n in spec.weight_layers]
+    units = np.asarray(spec.layer_units)
+    out[g.name] = {kind: {name: _cut(a[models_of], records_lib.variable_dims(kind, name),
+                                     layers, weights, units, spec.max_units)
+                          for name, a in tree.items()}
+                   for kind, tree in records.items()}
+  return out
+
+
+def _cut(a, dims, layers, weights, units, max_units):
+  index = tuple({"layer": layers, "weight_layer": weights,
+                 "unit": slice(0, max_units)}.get(d, slice(None)) for d in dims)
+  # One list index at a time: NumPy would pair several lists up.
+  for axis, i in enumerate(index):
+    a = a[(slice(None),) * axis + (i,)]
+  if "layer" in dims and "unit" in dims:
+    layer, unit = dims.index("layer"), dims.index("unit")
+    shape = [1] * a.ndim
+    shape[layer], shape[unit] = len(units), max_units
+    missing = (np.arange(max_units)[None, :] >= units[:, None])
+    if layer > unit:
+      missing = missing.T
+    a = np.where(missing.reshape(shape), np.nan, a)
+  return a
