@@ -69,7 +69,8 @@ def model_fns(spec: GroupSpec, hp) -> ModelFns:
     that it probes along the same vectors as alone and never along padding."""
     if not spec.variants:
       return draw(key, like)
-    options = [padding.pad_tree(draw(key, padding.common_part(shapes, like)), like, fill)
+    options = [padding.pad_tree(draw(key, padding.common_part(shapes, like)), like, fill,
+                                spec.flatten_blocks)
                for shapes in spec.variant_param_shapes]
     return padding.select_variant(options, variant_index(hp))
 

@@ -4,8 +4,8 @@ A *logical group* (icsjax.study.Group) is one combination of static labels:
 the unit of `records/GROUP`, of resuming, of shards and of everything analysis
 reads. A *compiled program* is what XLA runs: one logical group, or several
 groups of one family (equal in every static field but the network's width,
-depth and VGG dense widths) padded into one network, the widest and deepest
-of them. Each model of a padded program keeps its own network exactly:
+depth and a VGG's channels per stage) padded into one network, the widest and
+deepest of them. Each model of a padded program keeps its own network exactly:
 
 - its narrower layers' extra units (padding units) start at 0 weight, output
   0 after their activation, take no part in any norm's statistics (icsjax.norms:
@@ -44,7 +44,7 @@ from icsjax import records as records_lib
 from icsjax.norms import PROGRAM_VARIANT
 
 MODES = ("auto", "separate", "padded")
-PADDED_FIELDS = ("width", "depth")  # what a program pads (VGG: its dense layers')
+PADDED_FIELDS = ("width", "depth", "channels")  # what a program pads
 
 # Per backend: a program's fixed cost per training step (launching its step,
 # whatever its size), its compile time, and the FLOP/s one device sustains on
@@ -103,16 +103,20 @@ class Program:
 
 def family(static: dict) -> tuple:
   """Groups of one family may share a padded program: every static field equal
-  but the padded ones (a VGG's convolution channels included: its first dense
-  layer reads them through the flattening)."""
-  return tuple(sorted((k, str(v)) for k, v in static.items() if k not in PADDED_FIELDS))
+  but the padded ones, and as many convolution stages (a VGG's channels may
+  differ stage by stage, not its number of stages, which sets the feature
+  map's size)."""
+  return (tuple(sorted((k, str(v)) for k, v in static.items() if k not in PADDED_FIELDS))
+          + (("stages", len(static["channels"])),))
 
 
 def padded_static(statics) -> dict:
-  """The program network of a family: the widest and deepest of its members."""
+  """The program network of a family: the widest and deepest of its members,
+  each stage with the most channels any member has there."""
   out = dict(statics[0])
-  for k in PADDED_FIELDS:
+  for k in ("width", "depth"):
     out[k] = max(s[k] for s in statics)
+  out["channels"] = tuple(max(c) for c in zip(*(s["channels"] for s in statics)))
   return out
 
 

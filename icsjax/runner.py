@@ -106,7 +106,7 @@ def _initial_state(program, specs, spec, loop, hparams, devices: int) -> ModelSt
   for g, own, start in zip(program.groups, specs, program.offsets()):
     hp = {k: v[start:start + g.size] for k, v in hparams.items()}
     state = train.make_loop(own).init(jnp.asarray(np.asarray(g.coords["seed"], np.int32)), hp)
-    parts.append(padding.pad_tree(state, template))
+    parts.append(padding.pad_tree(state, template, blocks=spec.flatten_blocks))
   return jax.tree_util.tree_map(
       lambda *a: jnp.asarray(placement.pad_models(np.concatenate(a), devices)), *parts)
 
@@ -172,7 +172,8 @@ def host_states(gr: GroupRun) -> dict[str, ModelState]:
     mine = jax.tree_util.tree_map(lambda a: a[start:start + g.size], state)
     if gr.program.padded:
       mine = padding.unpad_tree(mine, _state_template(own, {k: v[:1] for k, v in
-                                                            gr.hparams.items()}))
+                                                            gr.hparams.items()}),
+                                gr.spec.flatten_blocks)
     out[g.name] = mine
   return out
 
@@ -187,7 +188,8 @@ def place_states(gr: GroupRun, states: dict) -> ModelState:
   parts = [states[g.name] for g in gr.groups]
   if gr.program.padded:
     template = _state_template(gr.spec, {k: v[:1] for k, v in gr.hparams.items()})
-    parts = [padding.pad_tree(jax.tree_util.tree_map(jnp.asarray, p), template) for p in parts]
+    parts = [padding.pad_tree(jax.tree_util.tree_map(jnp.asarray, p), template,
+                              blocks=gr.spec.flatten_blocks) for p in parts]
   whole = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *parts)
   return placement.place(whole, gr.size, gr.block)
 

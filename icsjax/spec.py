@@ -83,6 +83,16 @@ class GroupSpec:
         train=False, hp={})["params"]) for s in self.variants)
 
   @property
+  def flatten_blocks(self) -> dict[str, int]:
+    """{layer: positions} of a kernel that reads a flattened feature map (a VGG's
+    first dense layer), whose rows come one block of channels per position."""
+    if self.static["arch"] != "vgg":
+      return {}
+    stages = len(self.static["channels"])
+    h, w = self.input_shape[:2]
+    return {"dense_0": math.ceil(h / 2 ** stages) * math.ceil(w / 2 ** stages)}
+
+  @property
   def model(self) -> nn.Module:
     return models.build(self.static, self.num_outputs, self.variant_units)
 

@@ -163,3 +163,45 @@ def test_multiply_adds_of_a_network():
   static = {k: c[k] for k in study_lib.STATIC_FIELDS}
   # digits: 64 inputs, 10 classes; 2 hidden layers of 8
   assert programs.model_macs(static) == 64 * 8 + 8 * 8 + 8 * 10
+
+
+def test_one_step_of_a_padded_vgg_equals_the_network_alone():
+  """VGG channels padded stage by stage, the dense widths too: its first dense
+  layer's rows, one block of channels per position, padded block by block."""
+  c = tiny_config(arch="vgg", activation="relu", steps=10, segment_steps=10, record_every=5,
+                  eval_every=5, programs="padded", convs_per_stage=1)
+  c.sweep.norm = ("batchnorm",)
+  c.sweep.lr = (0.1,)
+  c.sweep.channels = ((4, 8), (6, 8))
+  c.sweep.width = (8, 12)
+  study = study_lib.expand(c)
+  (program,), _ = programs.plan(study, "cpu")
+  (gr,) = runner.build_group_runs(study, programs=(program,))
+  narrow = "width-8_channels-(4, 8)_norm-batchnorm"
+  (own_group,) = [g for g in study.groups if g.name == narrow]
+  (alone,) = runner.build_group_runs(study, programs=(programs.Program((own_group,),
+                                                                       own_group.static),))
+  assert alone.spec.static["channels"] == (4, 8) and gr.spec.static["channels"] == (6, 8)
+  first = program.offsets()[[g.name for g in program.groups].index(narrow)]
+  one = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)
+  x, y = gr.data.train_x[:16], gr.data.train_y[:16]
+  step = lambda loop: jax.jit(lambda s, h: loop.step(s, h, x, y, 1))
+  state, metrics, inside = step(gr.loop)(one(gr.state, first), one(gr.hparams, first))
+  own_state, own_metrics, own_inside = step(alone.loop)(one(alone.state, 0),
+                                                        one(alone.hparams, 0))
+  np.testing.assert_allclose(metrics["train_loss"], own_metrics["train_loss"], rtol=1e-5)
+  cut = padding.unpad_tree(jax.tree_util.tree_map(np.asarray, state), own_state,
+                           gr.spec.flatten_blocks)
+  grads = padding.unpad_tree(jax.tree_util.tree_map(np.asarray, inside.grads),
+                             own_inside.grads, gr.spec.flatten_blocks)
+  for mine, own in ((cut, own_state), (grads, own_inside.grads)):
+    for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(own)):
+      b = np.asarray(b)
+      if b.dtype.kind == "f":
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max() + 1e-7)
+  # The padding parameters got exactly zero gradient.
+  padded_grads = jax.tree_util.tree_leaves(inside.grads)
+  total = sum(float(np.abs(np.asarray(g)).sum()) for g in padded_grads)
+  own_total = sum(float(np.abs(np.asarray(g)).sum())
+                  for g in jax.tree_util.tree_leaves(own_inside.grads))
+  np.testing.assert_allclose(total, own_total, rtol=1e-5)
