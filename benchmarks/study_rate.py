@@ -11,9 +11,10 @@ configs can be timed where the data is not prepared.
 
 Each line is a compiled program: one group, or several padded into one
 (`--config.programs`, icsjax/programs.py). --fit_costs fits the cost model's
-constants of this backend (icsjax.programs.COSTS) to the programs timed: the
-compile time (first segment less a steady one, averaged) and, by least squares
-over the programs, seconds per step = step_seconds + FLOPs / flops_per_second.
+constants of this backend (icsjax.programs.COSTS) to the programs timed, by
+least squares over them: compile time (first segment less a steady one) =
+compile_seconds + compile_seconds_per_layer x weight layers, and seconds per
+step = step_seconds_per_layer x weight layers + FLOPs / flops_per_second.
 Time separate programs of different sizes for it, e.g.
 
   python benchmarks/study_rate.py --config=configs/default.py \
@@ -76,7 +77,7 @@ def main(argv):
         f"of every group")
   print(f"{'program':40s} {'models':>6s} {'first segment s':>16s} {'model-steps/s':>14s}")
   total = time.perf_counter() - t0
-  fits = []  # (compile s, steady s per step, FLOPs per step) per program
+  fits = []  # (compile s, steady s per step, weight layers, FLOPs per step) per program
   for gr in runs:
     t = time.perf_counter()
     runner.run_program_segment(gr, 0)
@@ -89,20 +90,36 @@ def main(argv):
     steady = statistics.median(times)
     rate = gr.size * seg / steady
     total += first + (config.steps - seg) * gr.size / rate
-    flops = 6 * programs.model_macs(gr.spec.static) * gr.spec.batch_size * gr.size
-    fits.append((first - steady, steady / seg, flops))
+    fits.append((first - steady, steady / seg, programs.weight_layers(gr.spec.static),
+                 programs.step_flops(gr.spec.static, gr.size)))
     print(f"{gr.program.name:40s} {gr.size:6d} {first:16.2f} {rate:14,.0f}")
   print(f"extrapolated study time (first segments + steady rate): {total / 60:.1f} min")
   if FLAGS.fit_costs:
-    compile_s = statistics.mean(f[0] for f in fits)
-    design = np.array([[1.0, f[2]] for f in fits])
-    seconds = np.array([f[1] for f in fits])
-    (step_s, per_flop), *_ = np.linalg.lstsq(design, seconds, rcond=None)
-    if step_s < 0:  # no measurable cost per step: the rate alone, through the origin
-      step_s, per_flop = 0.0, float(design[:, 1] @ seconds / (design[:, 1] @ design[:, 1]))
-    print(f"COSTS[{jax.default_backend()!r}] = {{'step_seconds': {step_s:.3g}, "
-          f"'compile_seconds': {compile_s:.3g}, 'flops_per_second': {1 / per_flop:.3g}}}")
+    print(f"COSTS[{jax.default_backend()!r}] = {fit_costs(fits)}")
 
+
+def least_squares(rows, values) -> list[float]:
+  """Non-negative coefficients of values ~ rows @ coefficients: a coefficient
+  the fit makes negative is too small to measure, and is taken as 0."""
+  rows, values = np.asarray(rows, float), np.asarray(values, float)
+  coefficients = np.linalg.lstsq(rows, values, rcond=None)[0]
+  if (coefficients < 0).any():
+    keep = coefficients >= 0
+    coefficients = np.zeros(len(coefficients))
+    coefficients[keep] = np.linalg.lstsq(rows[:, keep], values, rcond=None)[0]
+  return [float(c) for c in coefficients]
+
+
+def fit_costs(fits) -> dict:
+  """icsjax.programs.COSTS of this backend, fitted to separate programs:
+  compile = base + per layer x weight layers; seconds per step = per layer x
+  weight layers + FLOPs / rate."""
+  base, per_layer = least_squares([[1.0, f[2]] for f in fits], [f[0] for f in fits])
+  step_layer, per_flop = least_squares([[f[2], f[3]] for f in fits], [f[1] for f in fits])
+  return {"step_seconds_per_layer": float(f"{step_layer:.3g}"),
+          "compile_seconds": float(f"{base:.3g}"),
+          "compile_seconds_per_layer": float(f"{per_layer:.3g}"),
+          "flops_per_second": float(f"{1 / per_flop:.3g}") if per_flop else float("inf")}
 
 if __name__ == "__main__":
   app.run(main)

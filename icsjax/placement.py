@@ -37,21 +37,28 @@ def model_mesh(devices: int, first: int = 0) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.array(hosts.model_devices(devices)), ("model",))
 
 
-def device_blocks(program_sizes) -> list[tuple[int, int]]:
-  """(first device, devices available) of each program of a run, in order.
+# Backends whose programs get a block of devices each (`device_blocks`).
+BLOCK_BACKENDS = ("gpu", "tpu")
 
-  One process with several devices and several programs: each program gets a
-  block of its own, devices // programs wide (at least 1; with more programs
-  than devices, single devices in turn), so that programs whose segments are
-  dispatched one after another run at once on different devices, and a
-  program spreads its models over its block only. Else every program may use
-  every device, and programs run one after another."""
-  available, count = jax.device_count(), len(program_sizes)
-  if hosts.count() > 1 or available == 1 or count == 1:
+
+def device_blocks(count: int, backend: str, available: int,
+                  processes: int = 1) -> list[tuple[int, int]]:
+  """(first device, devices available) of each of a run's `count` programs.
+
+  On accelerators (BLOCK_BACKENDS) of one process, several programs get
+  blocks of their own: devices // programs wide, or single devices in turn
+  when the programs outnumber the devices. Their segments, dispatched one
+  after another, then run at once, each program spreading its models over
+  its block only: small programs are bound by launches, not arithmetic, so
+  programs side by side multiply the throughput. A CPU's devices split one
+  host's cores, which a program spread over every device already keeps busy;
+  programs side by side could only leave cores idle when they end unevenly,
+  so there, as with several processes, every program spreads over every
+  device, one after another."""
+  if backend not in BLOCK_BACKENDS or processes > 1 or available == 1 or count == 1:
     return [(0, available)] * count
   width = max(1, available // count)
-  slots = available // width
-  return [((i % slots) * width, width) for i in range(count)]
+  return [((i % (available // width)) * width, width) for i in range(count)]
 
 
 def model_sharding(num_models: int, block: tuple[int, int] | None = None):

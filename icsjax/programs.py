@@ -46,20 +46,27 @@ from icsjax.norms import PROGRAM_VARIANT
 MODES = ("auto", "separate", "padded")
 PADDED_FIELDS = ("width", "depth", "channels")  # what a program pads
 
-# Per backend: a program's fixed cost per training step (launching its step,
-# whatever its size), its compile time, and the FLOP/s one device sustains on
-# these small networks, record kinds included (the default study's probes).
-# Measured with `benchmarks/study_rate.py --fit_costs` (its docstring says how;
-# rerun it on new hardware and put its figures here). cpu: 2 cores, jax 0.10.2,
-# the default study's batchnorm groups (depth 3: 24.7 GFLOP/s, depth 8: 24.2,
-# no measurable cost per step). gpu: the per-step cost from H100 runs of the
-# default study's groups (75 us a step at 10 models, launch-bound); its compile
-# time and rate are estimates awaiting a device run. tpu: the gpu figures.
+# Per backend, what a program costs beyond its arithmetic: launching a step,
+# per weight layer of its network (small programs on accelerators are bound by
+# kernel launches); compiling, a base and a part per weight layer, for each of
+# the networks it trains (a padded program compiled as long as its groups
+# alone did: 65.8 s for a depth-3 and a depth-8 group against 69.7 s
+# separately, benchmarks/programs.py); and the FLOP/s one device sustains on
+# these small networks, record kinds included. Measured with
+# `benchmarks/study_rate.py --fit_costs` (its docstring says how; rerun it on
+# new hardware and put its figures here). cpu: 2 cores, jax 0.10.2, the
+# default study's batchnorm groups with every probe: 24.7 (depth 3) and 24.2
+# GFLOP/s (depth 8), no measurable cost per step, compiles of 22 and 37 s.
+# gpu: 75 us a step for the default MLP's 4 weight layers, whatever the
+# models (H100 runs of the default study's groups); its compile times and
+# rate are estimates awaiting a device run. tpu: the gpu figures.
 COSTS = {
-    "cpu": {"step_seconds": 0.0, "compile_seconds": 29.0, "flops_per_second": 2.4e10},
-    "gpu": {"step_seconds": 75e-6, "compile_seconds": 20.0, "flops_per_second": 2e13},
-    "tpu": {"step_seconds": 75e-6, "compile_seconds": 20.0, "flops_per_second": 2e13},
+    "cpu": {"step_seconds_per_layer": 0.0, "compile_seconds": 10.2,
+            "compile_seconds_per_layer": 2.94, "flops_per_second": 2.4e10},
+    "gpu": {"step_seconds_per_layer": 19e-6, "compile_seconds": 10.0,
+            "compile_seconds_per_layer": 2.0, "flops_per_second": 2e13},
 }
+COSTS["tpu"] = COSTS["gpu"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,14 +155,29 @@ def step_flops(static: dict, models: int) -> int:
   return 6 * model_macs(static) * static["batch_size"] * models
 
 
-def estimate_seconds(statics_and_models, steps: int, costs: dict) -> float:
-  """One program's time for `steps` steps: its compile time, its fixed cost
-  per step, and its `step_flops` (the probes scale alike) at the backend's
-  rate. statics_and_models: (static, models) of the networks it trains as
-  they are compiled (a padded program: its own network, all its models)."""
-  work = sum(step_flops(s, n) for s, n in statics_and_models)
-  return (costs["compile_seconds"]
-          + steps * (costs["step_seconds"] + work / costs["flops_per_second"]))
+def padding_waste(groups, static: dict) -> float:
+  """The share of a padded program's work (network `static`) spent on padding."""
+  real = sum(step_flops(g.static, g.size) for g in groups)
+  return 1 - real / step_flops(static, sum(g.size for g in groups))
+
+
+def weight_layers(static: dict) -> int:
+  """Layers with a kernel: the normalised ones and the output layer."""
+  shape, outputs = data_lib.input_shape_and_outputs(static)
+  return len(models.build(static, outputs).layer_units) + 1
+
+
+def estimate_seconds(static: dict, models: int, variants, steps: int, costs: dict) -> float:
+  """One program's time for `steps` steps of `models` networks of `static` (a
+  padded program: its padded network), compiled for `variants` (its groups'
+  own networks; one program of one group: [static]): see COSTS. The probes'
+  work scales with the training step's, so `step_flops` stands for both."""
+  compile_seconds = sum(costs["compile_seconds"]
+                        + costs["compile_seconds_per_layer"] * weight_layers(v)
+                        for v in variants)
+  per_step = (costs["step_seconds_per_layer"] * weight_layers(static)
+              + step_flops(static, models) / costs["flops_per_second"])
+  return compile_seconds + steps * per_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,11 +238,10 @@ def plan(study, backend: str) -> tuple[tuple[Program, ...], tuple[Choice, ...]]:
     names = tuple(g.name for g in members)
     reason = why_not_padded(members, run) if mode != "separate" else ""
     models = sum(g.size for g in members)
-    own = sum(estimate_seconds([(g.static, g.size)], steps, costs) for g in members)
-    together = estimate_seconds([(static, models)], steps, costs)
-    waste = 1 - sum(step_flops(g.static, g.size) for g in members) / step_flops(static, models)
+    own = sum(estimate_seconds(g.static, g.size, [g.static], steps, costs) for g in members)
+    together = estimate_seconds(static, models, [g.static for g in members], steps, costs)
     padded = not reason and (mode == "padded" or (mode == "auto" and together < own))
-    choices.append(Choice(names, padded, waste, together, own, reason))
+    choices.append(Choice(names, padded, padding_waste(members, static), together, own, reason))
     if padded:
       programs.append(Program(tuple(members), static))
     else:

@@ -126,7 +126,7 @@ def build_group_runs(study: study_lib.Study, loaded: dict | None = None,
   loaded = load_data(study) if loaded is None else loaded
   programs = plan(study)[0] if programs is None else programs
   placed, baselines, runs = {}, {}, []
-  blocks = placement.device_blocks([p.size for p in programs])
+  blocks = placement.device_blocks(len(programs), backend, jax.device_count(), hosts.count())
   for program, block in zip(programs, blocks):
     g = program.groups[0]  # the program's groups share their data
     key = data_lib.data_key(g.static)

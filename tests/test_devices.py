@@ -25,6 +25,9 @@ SCRIPT = textwrap.dedent("""
     from test_devices import five_models, two_programs
     runner.run(five_models(), {workdir!r}, progress=False)
     print("devices", jax.device_count(), placement.model_sharding(5).mesh.size)
+    # Accelerators' policy on virtual CPU devices (a CPU keeps every program on
+    # every device: placement.device_blocks).
+    placement.BLOCK_BACKENDS += ("cpu",)
     runner.run(two_programs(), {workdir!r} + "-two", progress=False)
     for gr in runner.build_group_runs(study.expand(two_programs())):
       print("program", gr.program.name, sorted(d.id for d in gr.state.diverged_step.devices()))
@@ -105,6 +108,17 @@ def test_split_respects_user_flags_and_a_started_jax():
                     "print(devices.split_cpu_host(4)); print(jax.device_count())")
   assert late.returncode == 0, late.stderr[-2000:]
   assert "no effect" in late.stdout and late.stdout.split()[-1] == "1"
+
+
+def test_device_blocks_put_programs_side_by_side_on_accelerators_only():
+  assert placement.device_blocks(2, "gpu", 4) == [(0, 2), (2, 2)]
+  assert placement.device_blocks(3, "gpu", 8) == [(0, 2), (2, 2), (4, 2)]
+  assert placement.device_blocks(6, "tpu", 4) == [(0, 1), (1, 1), (2, 1), (3, 1), (0, 1),
+                                                  (1, 1)]
+  assert placement.device_blocks(1, "gpu", 8) == [(0, 8)]
+  assert placement.device_blocks(3, "gpu", 1) == [(0, 1)] * 3
+  assert placement.device_blocks(2, "gpu", 8, processes=2) == [(0, 8)] * 2
+  assert placement.device_blocks(2, "cpu", 4) == [(0, 4)] * 2
 
 
 def test_devices_for_prefers_fewest_models_per_device_then_least_padding():

@@ -144,18 +144,21 @@ def test_the_plan_pads_families_only_when_it_can_and_it_pays():
   c.sweep.norm = ("none", "batchnorm")
   progs, _ = programs.plan(study_lib.expand(c), "cpu")
   assert len(progs) == 2 and all(len(p.groups) == 4 for p in progs)
-  # The cost model: padding pays where a program's fixed costs dominate, not
-  # where the padded work does.
-  small, big = family_config().to_dict(), family_config(width=512).to_dict()
+  # The cost model: padding pays where launches per step dominate, not where
+  # the padded work does; compiling costs the same either way.
+  small, big = family_config().to_dict(), family_config(width=512, depth=3).to_dict()
   for s in (small, big):
     s.pop("sweep")
-  fixed = {"step_seconds": 1e-3, "compile_seconds": 30.0, "flops_per_second": 1e12}
-  compute = {"step_seconds": 0.0, "compile_seconds": 0.0, "flops_per_second": 1e9}
+  launches = {"step_seconds_per_layer": 1e-3, "compile_seconds": 10.0,
+              "compile_seconds_per_layer": 1.0, "flops_per_second": 1e15}
+  compute = {**launches, "step_seconds_per_layer": 0.0, "flops_per_second": 1e9}
   est = programs.estimate_seconds
-  for costs, pays in ((fixed, True), (compute, False)):
-    padded = est([(big, 10)], 100, costs)
-    separate = est([(small, 5)], 100, costs) + est([(big, 5)], 100, costs)
+  for costs, pays in ((launches, True), (compute, False)):
+    padded = est(big, 10, [small, big], 100, costs)
+    separate = est(small, 5, [small], 100, costs) + est(big, 5, [big], 100, costs)
     assert (padded < separate) == pays
+  assert est(big, 10, [small, big], 0, compute) == (est(small, 5, [small], 0, compute)
+                                                    + est(big, 5, [big], 0, compute))
 
 
 def test_multiply_adds_of_a_network():
