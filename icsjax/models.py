@@ -209,10 +209,15 @@ def scale_kernels(params, gain):
       lambda path, p: p * gain if getattr(path[-1], "key", None) == "kernel" else p, params)
 
 
-def num_params(static: dict, input_shape: tuple[int, ...], num_outputs: int) -> int:
-  """Trainable parameters of one model, from shapes alone (nothing is computed).
-  An eval-mode init reads no hyperparameter, hence the empty hp."""
-  shapes = jax.eval_shape(lambda: build(static, num_outputs).init(
+def param_shapes(static: dict, input_shape: tuple[int, ...], num_outputs: int):
+  """One model's parameter tree as shapes (nothing is computed). An eval-mode
+  init reads no hyperparameter, hence the empty hp."""
+  return jax.eval_shape(lambda: build(static, num_outputs).init(
       {"params": jax.random.PRNGKey(0)}, jnp.zeros((1,) + tuple(input_shape)), train=False,
       hp={})["params"])
+
+
+def num_params(static: dict, input_shape: tuple[int, ...], num_outputs: int) -> int:
+  """Trainable parameters of one model, from shapes alone."""
+  shapes = param_shapes(static, input_shape, num_outputs)
   return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes))

@@ -35,7 +35,6 @@ import dataclasses
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from icsjax import data as data_lib
@@ -127,13 +126,15 @@ def padded_static(statics) -> dict:
   return out
 
 
+def _param_shapes(static: dict):
+  """One network's parameter tree, as shapes."""
+  return models.param_shapes(static, *data_lib.input_shape_and_outputs(static))
+
+
 def model_macs(static: dict) -> int:
   """Multiply-adds of one example's forward pass (dense and conv layers)."""
-  shape, outputs = data_lib.input_shape_and_outputs(static)
-  model = models.build(static, outputs)
-  params = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
-                                             jnp.zeros((1,) + tuple(shape)), train=False,
-                                             hp={})["params"])
+  shape, _ = data_lib.input_shape_and_outputs(static)
+  params = _param_shapes(static)
   total, side = 0, shape[0] if len(shape) == 3 else 1
   for name in sorted(params, key=lambda n: (not n.startswith("conv"), n)):
     if "kernel" not in params[name]:
@@ -211,13 +212,6 @@ def why_not_padded(groups, run) -> str:
               f"({min(sizes)}), where the per-layer probe runs as many steps as the "
               f"kernel has entries")
   return ""
-
-
-def _param_shapes(static):
-  shape, outputs = data_lib.input_shape_and_outputs(static)
-  return jax.eval_shape(lambda: models.build(static, outputs).init(
-      {"params": jax.random.PRNGKey(0)}, jnp.zeros((1,) + tuple(shape)), train=False,
-      hp={})["params"])
 
 
 def plan(study, backend: str) -> tuple[tuple[Program, ...], tuple[Choice, ...]]:

@@ -78,9 +78,8 @@ class GroupSpec:
   @functools.cached_property
   def variant_param_shapes(self) -> tuple:
     """Per variant: its own network's parameter tree, as shapes."""
-    return tuple(jax.eval_shape(lambda s=s: models.build(s, self.num_outputs).init(
-        {"params": jax.random.PRNGKey(0)}, jnp.zeros((1,) + tuple(self.input_shape)),
-        train=False, hp={})["params"]) for s in self.variants)
+    return tuple(models.param_shapes(s, self.input_shape, self.num_outputs)
+                 for s in self.variants)
 
   @property
   def flatten_blocks(self) -> dict[str, int]:
