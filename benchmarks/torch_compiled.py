@@ -5,8 +5,9 @@ step runs the eager one's own code.
 
 Mode: torch.compile's default. On the 2-core development CPU (torch 2.13.0,
 Ioffe's MLP ensemble with batch norm, K = 32, vs_pytorch.py's step),
-"max-autotune-no-cudagraphs" compiled for 18.7 s against the default's 7.3 s
-and ran at the same rate (3,593 against 3,545 model-steps/s): its autotuning
+"max-autotune-no-cudagraphs" took 18.7 s for its first call (the compile and
+100 steps) against the default's 7.3 s, and ran at the same rate (3,593
+against 3,545 model-steps/s): its autotuning
 timed inductor's C++ GEMM templates against ATen's bmm for every matmul, and
 bmm won each time, which is what the default calls. ("reduce-overhead" adds
 CUDA graphs, which a CPU has none of.)
