@@ -18,8 +18,9 @@ norm, random MNIST-shaped data) and the small VGG of configs/small_vgg_digits.py
                   model; its compile time is in its row (the K=1 row reuses it);
   torch.func      stack_module_state + vmap(grad(functional_call)) over the K
                   models, manual SGD, per-model minibatches drawn on the device;
-                  eager, and the same step under torch.compile (when torch is
-                  importable; skipped with a note otherwise).
+                  eager, and the same step under torch.compile (torch_compiled.py:
+                  default mode, on-disk caches off; when torch is importable;
+                  skipped with a note otherwise).
 
 Columns: model-steps/s (models x steps / median wall time of --repeats timed
 calls after one warm-up call), achieved TFLOP/s, that as a fraction of the
@@ -94,6 +95,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import small_vgg_digits  # noqa: E402
+import torch_compiled  # noqa: E402  (imports torch only when a step is compiled)
 from study_path import JaxGroup, study_config, use_random_mnist  # noqa: E402
 
 BATCH, LR = 60, 0.1
@@ -186,9 +188,7 @@ def jax_peak_bytes():
 
 def time_calls(call, repeats: int) -> tuple[float, float]:
   """(seconds of the first call, median seconds of `repeats` further calls)."""
-  t = time.perf_counter()
-  call()
-  first = time.perf_counter() - t
+  first = torch_compiled.first_call_seconds(call)
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
@@ -266,9 +266,7 @@ def torch_ensemble(model, k, steps, device, compiled):
     g = grads_fn(params, x[idx], y[idx])
     return {n: p - LR * g[n] for n, p in params.items()}
 
-  if compiled:  # a fresh compile per K: no recompiles with dynamic shapes mid-timing
-    torch._dynamo.reset()
-  step_fn = torch.compile(step, dynamic=False) if compiled else step
+  step_fn = torch_compiled.compile_step(step) if compiled else step
 
   def call():
     nonlocal params
