@@ -340,14 +340,20 @@ def run_segment_of_every_group(runs: list[GroupRun], seg: int, config, workdir, 
   trains); `compiles`: this process calls each program's loop for the first
   time (the bar says so)."""
   start = seg * config.segment_steps
-  pending, started = [], time.perf_counter()
-  for gr in runs:  # every program queued first: those on different devices run at once
+
+  def queued(gr):
     if compiles:
       bar.compiling(gr.program.name)
-    pending.append(dispatch(gr, start, bar.compiled if compiles else lambda: None))
-  for gr, queued in zip(runs, pending):
-    by_group = collect(gr, queued)
-    seconds = time.perf_counter() - started  # from the first dispatch: they overlap
+    return time.perf_counter(), dispatch(gr, start, bar.compiled if compiles else lambda: None)
+
+  # Programs on blocks of devices of their own are all queued before any is
+  # awaited, so that they run at once; else each is queued when the one before
+  # it is done, as one program over every device wants.
+  side_by_side = any(gr.spec.first_device for gr in runs)
+  pending = [queued(gr) for gr in runs] if side_by_side else (queued(gr) for gr in runs)
+  for gr, (started, segment) in zip(runs, pending):
+    by_group = collect(gr, segment)
+    seconds = time.perf_counter() - started  # side by side, they overlap
     if hosts.primary():
       for g, spec in zip(gr.groups, gr.specs):
         records = by_group[g.name]
