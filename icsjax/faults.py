@@ -6,9 +6,11 @@ through writing a record file, or while a checkpoint is being saved. With
 reaches ``point(POINT)`` the process gets SIGKILL, which nothing can catch or
 clean up after; ``POINT:N:INT`` sends SIGINT instead (Ctrl-C at that moment),
 ``POINT:N:TERM`` SIGTERM (a preemption notice at that moment). A signal the
-run handles is acted on in another thread (icsjax.interrupt), so the point
-then holds the process for ``HOLD_SECONDS``: the handler acts while the run
-is still there, not a few steps later.
+run handles is acted on in another thread (icsjax.interrupt; with several
+processes, JAX's preemption notifier, which looks for a SIGTERM once a
+second), so the point then holds the process for ``HOLD_SECONDS`` of that
+signal: the handler acts while the run is still there, not a few steps later
+(or, with warm compilation caches, after the last boundary).
 ``POINT:N:STOP`` stops the process (SIGSTOP) there, for a test to change the
 workdir under it (make a directory unwritable, fill the disk) before it
 sends SIGCONT. ``checkpoint_saved`` is reached in the saving thread once a
@@ -25,7 +27,7 @@ import time
 ENV = "ICSJAX_KILL_AT"
 POINTS = ("run_start", "record_write", "checkpoint_save", "checkpoint_saved", "after_segment")
 HANDLED = (signal.SIGINT, signal.SIGTERM)
-HOLD_SECONDS = 0.5
+HOLD_SECONDS = {signal.SIGINT: 0.5, signal.SIGTERM: 1.5}
 _reached: dict[str, int] = {}
 
 
@@ -42,4 +44,4 @@ def point(name: str) -> None:
     signum = getattr(signal, f"SIG{sig or 'KILL'}")
     os.kill(os.getpid(), signum)
     if signum in HANDLED:
-      time.sleep(HOLD_SECONDS)
+      time.sleep(HOLD_SECONDS[signum])
