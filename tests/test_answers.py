@@ -31,10 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # them (question 5 then answers from the two evaluations every run makes), and
 # compiling them for six groups would double the test's time.
 SMOKE = ["--config.width=16", "--config.batch_size=32", "--config.monitor_size=64",
-         "--config.tracked_units=(0,1)", "--config.seeds=2", "--config.steps=300",
-         "--config.segment_steps=300", "--config.record_every=150",
-         "--config.eval_every=150", "--config.ics_every=150", "--config.landscape_every=0",
-         "--config.curvature_every=150", "--config.curvature_batch_size=64",
+         "--config.tracked_units=(0,1)", "--config.seeds=2", "--config.steps=200",
+         "--config.segment_steps=200", "--config.record_every=100",
+         "--config.eval_every=100", "--config.ics_every=100", "--config.landscape_every=0",
+         "--config.curvature_every=100", "--config.curvature_batch_size=64",
          "--config.lanczos_steps=6", "--config.layer_lanczos_steps=3",
          "--config.hutchinson_samples=1", "--config.test_time_every=0",
          "--config.sweep.lr=(0.5,)", "--config.sweep.depth=(3,6)"]
