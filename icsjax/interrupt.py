@@ -73,10 +73,12 @@ def end_process(line: str, code: int) -> NoReturn:
       pass
   # The progress bar (or the terminal's ^C) may hold the last line: start a fresh one.
   prefix = "\n" if sys.stderr.isatty() or _progress_bar_open() else ""
-  os.write(sys.stderr.fileno(), f"{prefix}{line}\n".encode())
-  # The line is the last word: threads that meet a failure while the process
-  # ends (orbax's, tensorstore's) would print half a traceback after it.
+  # The line is the last word: other threads' writes (a progress bar's refresh,
+  # half a traceback from orbax's or tensorstore's threads meeting a failure
+  # while the process ends) go to /dev/null from before it is written.
+  terminal = os.dup(sys.stderr.fileno())
   os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+  os.write(terminal, f"{prefix}{line}\n".encode())
   os._exit(code)
 
 
