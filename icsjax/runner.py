@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from typing import Callable
 
@@ -69,6 +70,16 @@ class GroupRun:
   def block(self) -> tuple[int, int]:
     """(first device, devices) the program's models are spread over."""
     return (self.spec.first_device, self.spec.devices)
+
+  @functools.cached_property
+  def template(self) -> ModelState:
+    """One model's state in the program's shapes."""
+    return _state_template(self.spec, self.hparams)
+
+  @functools.cached_property
+  def own_templates(self) -> tuple[ModelState, ...]:
+    """One model's state in each group's own shapes (what a checkpoint holds)."""
+    return tuple(_state_template(own, self.hparams) for own in self.specs)
 
 
 def grid_json(study: study_lib.Study) -> dict:
@@ -168,12 +179,10 @@ def host_states(gr: GroupRun) -> dict[str, ModelState]:
   process (each must call this)."""
   state = jax.tree_util.tree_map(lambda a: np.asarray(a)[:gr.size], hosts.to_host(gr.state))
   out = {}
-  for g, own, start in zip(gr.groups, gr.specs, gr.program.offsets()):
+  for g, own, start in zip(gr.groups, gr.own_templates, gr.program.offsets()):
     mine = jax.tree_util.tree_map(lambda a: a[start:start + g.size], state)
     if gr.program.padded:
-      mine = padding.unpad_tree(mine, _state_template(own, {k: v[:1] for k, v in
-                                                            gr.hparams.items()}),
-                                gr.spec.flatten_blocks)
+      mine = padding.unpad_tree(mine, own, gr.spec.flatten_blocks)
     out[g.name] = mine
   return out
 
@@ -187,8 +196,7 @@ def place_states(gr: GroupRun, states: dict) -> ModelState:
   """`host_states`' inverse: the program's state laid out on its devices."""
   parts = [states[g.name] for g in gr.groups]
   if gr.program.padded:
-    template = _state_template(gr.spec, {k: v[:1] for k, v in gr.hparams.items()})
-    parts = [padding.pad_tree(jax.tree_util.tree_map(jnp.asarray, p), template,
+    parts = [padding.pad_tree(jax.tree_util.tree_map(jnp.asarray, p), gr.template,
                               blocks=gr.spec.flatten_blocks) for p in parts]
   whole = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *parts)
   return placement.place(whole, gr.size, gr.block)

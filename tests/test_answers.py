@@ -1,9 +1,11 @@
-"""The report answers what a study can answer: the default study, at smoke size,
-answers all five questions; its deep network without a norm fails to train and
-question 3 says so; a study with another initialisation says what batch norm adds
-beyond it."""
+"""The default study, at smoke size, through the command line: it writes its
+records, report and summary; the report answers all five questions; its deep
+network without a norm fails to train and question 3 says so. And a study with
+another initialisation says what batch norm adds beyond it."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,6 +14,8 @@ import pytest
 
 from icsjax import analysis
 from icsjax import report
+from icsjax import store
+from icsjax import summary
 from icsjax.report import effects as fx
 from icsjax.report import figures
 from icsjax.report import study_info
@@ -49,7 +53,46 @@ def default_smoke(tmp_path_factory):
        f"--workdir={workdir}", "--progress=false", *SMOKE],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  (workdir.parent / "stdout.txt").write_text(proc.stdout)
+  (workdir.parent / "stderr.txt").write_text(proc.stderr)
   return workdir
+
+
+def test_the_command_line_writes_records_report_and_summary(default_smoke):
+  workdir = default_smoke
+  stdout = (workdir.parent / "stdout.txt").read_text()
+  stderr = (workdir.parent / "stderr.txt").read_text()
+  # No INFO lines (orbax logs each checkpoint save), which would bury the progress bar.
+  info = re.search(r"I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*", stderr)
+  assert info is None, info.group(0)
+  # The report follows the run (tests/test_report.py checks what it says).
+  assert f"report: {workdir / 'report' / 'report.md'}" in stdout
+  assert (workdir / "report" / "report.html").exists()
+  groups = store.load(workdir)
+  norms = ("none", "batchnorm", "noisy_batchnorm")
+  assert list(groups) == [f"depth-{d}_norm-{n}" for d in (3, 6) for n in norms]
+  assert json.loads((workdir / "grid.json").read_text())["num_models"] == 12
+  for name, ds in groups.items():
+    depth = int(name.split("_")[0].split("-")[1])
+    assert ds.sizes == {"model": 2, "step": 200, "record_step": 3, "eval_step": 3,
+                        "layer": depth, "unit": 16, "tracked_unit": 2, "quantile": 3,
+                        "ics_step": 2, "curvature_step": 2, "weight_layer": depth + 1,
+                        "slq_vector": 1, "lanczos_step": 6}, name
+    assert np.isfinite(ds.train_loss).all() and (ds.diverged_step == 0).all()
+    for v in ("ics_grad_diff_relative", "hessian_lambda_max", "hessian_trace",
+              "eos_threshold"):
+      assert np.isfinite(ds[v]).all(), (name, v)
+    assert (ds.hessian_lambda_max >= ds.hessian_lambda_min).all()
+  # Batch norm learns the digits within 200 steps at lr 0.5 (chance is 0.1).
+  bn = groups["depth-3_norm-batchnorm"]
+  assert float(bn.test_accuracy_eval_mode.isel(eval_step=-1).min()) > 0.8
+  # The printed summary is the one computed from the stored arrays.
+  table = summary.format_table(summary.rows(groups, 100))  # eval_every
+  assert table in stdout
+  assert (workdir / "summary.txt").read_text().strip() == table.strip()
+  none = groups["depth-3_norm-none"].test_accuracy_eval_mode.isel(eval_step=-1).values
+  none = none.astype(np.float64)  # the summary averages in float64
+  assert f"{none.mean():.4f} ± {none.std():.4f}" in table
 
 
 def test_the_default_study_answers_every_question(default_smoke):

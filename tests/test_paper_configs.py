@@ -21,8 +21,8 @@ CONFIGS = sorted(p.stem for p in pathlib.Path(ROOT, "configs").glob("*.py")
 # products take a paper-scale VGG minutes to compile here. The 25-layer deep
 # linear network runs all but curvature, whose compilation takes 40 s at that
 # depth (test_probes checks a deep linear network's curvature against its dense
-# Hessian). The default config's probes run elsewhere, at both of its depths
-# (tests/test_end_to_end.py, tests/test_answers.py).
+# Hessian). The default config's probes run elsewhere (tests/test_readme.py all
+# but curvature, tests/test_answers.py curvature and ICS).
 PROBES = ("ics", "landscape", "curvature")
 PROBED = {"small_vgg_digits": PROBES, "small_dln": ("ics", "landscape")}
 

@@ -67,7 +67,7 @@ SMOKE_WORKDIR = "runs/default"  # the README's name of the default study's workd
 # become (1, 3): two, as in the default's (3, 8), so that a snippet's selection must
 # name one, and 3 among them. Every record kind stays on at its smallest cadence but
 # curvature, whose compilation would triple the time of every group (tests/
-# test_end_to_end.py runs the default study with it, tests/test_curvature.py checks
+# test_answers.py runs the default study with it, tests/test_curvature.py checks
 # it). One CPU device: at 20 steps, compiling for two costs more than it saves.
 SMOKE = {
     "width": "8", "seeds": "2", "batch_size": "16", "monitor_size": "32",
