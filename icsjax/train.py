@@ -35,6 +35,7 @@ from icsjax import models
 from icsjax import optim
 from icsjax import placement
 from icsjax import records as records_lib
+from icsjax import shuffle
 from icsjax.forward import model_fns, tap_moments
 from icsjax.spec import GroupSpec
 from icsjax.state import Moment, ModelState, StepInternals
@@ -53,15 +54,15 @@ def segment_batch_indices(key, start_step, num_steps: int, batch_size: int, num_
   """Minibatch indices of steps start_step+1 .. start_step+num_steps, shape (steps, batch).
 
   Examples are drawn epoch by epoch: epoch e is a permutation keyed by
-  fold_in(key, e), read as one stream, so batches cross epoch ends and any
-  batch size works.
+  fold_in(key, e) (icsjax.shuffle), read as one stream, so batches cross epoch
+  ends and any batch size works.
   """
   pos = start_step * batch_size + jnp.arange(num_steps * batch_size)
   first_epoch = (start_step * batch_size) // num_train
   spanned = (num_steps * batch_size + num_train - 1) // num_train + 1
-  perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), num_train))(
-      first_epoch + jnp.arange(spanned))
-  idx = perms[pos // num_train - first_epoch, pos % num_train]
+  pivots, salts = shuffle.round_keys(key, first_epoch + jnp.arange(spanned), num_train)
+  idx = shuffle.permute(pos % num_train, pos // num_train - first_epoch, pivots, salts,
+                        num_train)
   return idx.reshape(num_steps, batch_size)
 
 

@@ -1,6 +1,9 @@
 """The vmapped, scanned group loop against a separately written, un-vmapped loop."""
 
+import math
+
 import numpy as np
+import scipy.stats
 import jax
 import jax.numpy as jnp
 import optax
@@ -14,6 +17,7 @@ from icsjax import models
 from icsjax import placement
 from icsjax import records as records_lib
 from icsjax import runner
+from icsjax import shuffle
 from icsjax import store
 from icsjax import train
 from icsjax.records import batch_stats
@@ -22,20 +26,33 @@ from icsjax.records import batch_stats
 # --- an independent reference: one model, a Python loop, NumPy statistics ----------
 
 def reference_indices(base_seed, seed, num_steps, batch, n):
-  """Epoch-by-epoch permutations read as one stream (written without the engine)."""
+  """Epoch-by-epoch swap-or-not permutations read as one stream, one position
+  at a time in Python integers (written without the engine; jax.random only
+  draws each epoch's round keys)."""
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(base_seed), seed), 1)
-  perms = {}
-  out = []
-  for t in range(num_steps):
-    row = []
-    for b in range(batch):
-      p = t * batch + b
-      e = p // n
-      if e not in perms:
-        perms[e] = np.asarray(jax.random.permutation(jax.random.fold_in(key, e), n))
-      row.append(perms[e][p % n])
-    out.append(row)
-  return np.array(out)
+  rounds = 6 * max(1, math.ceil(math.log2(n)))
+  keys = {}
+
+  def mix(x):
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) % 2**32
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) % 2**32
+    return x ^ (x >> 16)
+
+  def example(e, i):
+    if e not in keys:
+      pk, sk = jax.random.split(jax.random.fold_in(key, e))
+      keys[e] = (np.asarray(jax.random.randint(pk, (rounds,), 0, n)).tolist(),
+                 np.asarray(jax.random.bits(sk, (rounds,), np.uint32)).tolist())
+    for pivot, salt in zip(*keys[e]):
+      partner = (pivot - i) % n
+      if mix(max(i, partner) ^ salt) >> 31:
+        i = partner
+    return i
+
+  return np.array([[example((t * batch + b) // n, (t * batch + b) % n) for b in range(batch)]
+                   for t in range(num_steps)])
 
 
 def pad_units(per_layer):
@@ -239,8 +256,11 @@ def test_vmapped_group_equals_unvmapped_loop(tmp_path, case):
   assert set(ref) == {k for k in got.data_vars
                       if k not in ("diverged_step",) + failure.VARIABLES}
   for name, want in ref.items():
-    np.testing.assert_allclose(got[name].values, want, rtol=1e-5, atol=atols.get(name, atol),
-                               err_msg=name)
+    # float32 rounding follows the scale a value is computed from: a percentile
+    # near 0 of inputs of size 20 carries the rounding of 20 (2e-6 relative to it).
+    scale = np.nanmax(np.abs(want)) if np.isfinite(want).any() else 0.0
+    np.testing.assert_allclose(got[name].values, want, rtol=1e-5,
+                               atol=max(atols.get(name, atol), 2e-6 * scale), err_msg=name)
   assert int(got.diverged_step) == 0
 
 
@@ -297,6 +317,27 @@ def test_minibatches_cover_each_epoch_once():
   # A later segment continues the same stream.
   later = np.asarray(train.segment_batch_indices(key, 10, steps - 10, b, n)).reshape(-1)
   np.testing.assert_array_equal(later, whole[10 * b:])
+
+
+def epoch_order_p_values(n=11, epochs=3000):
+  """p-values of chi-square tests that, over independent epochs, each position
+  reads each example equally often, and the first two positions each ordered
+  pair of examples."""
+  order = np.asarray(train.segment_batch_indices(jax.random.PRNGKey(5), 0, epochs, n, n))
+  counts = np.zeros((n, n))
+  np.add.at(counts, (np.arange(n)[None].repeat(epochs, 0), order), 1)
+  pairs = np.zeros((n, n))
+  np.add.at(pairs, (order[:, 0], order[:, 1]), 1)
+  pairs = pairs[~np.eye(n, dtype=bool)]
+  return (scipy.stats.chisquare(counts.ravel(), ddof=2 * n - 2).pvalue,
+          scipy.stats.chisquare(pairs).pvalue)
+
+
+def test_epoch_orders_look_uniform(monkeypatch):
+  assert min(epoch_order_p_values()) > 1e-3
+  # Too few rounds leave examples near their positions: the test sees it.
+  monkeypatch.setattr(shuffle, "rounds", lambda n: 2)
+  assert max(epoch_order_p_values()) < 1e-6
 
 
 def test_diverging_model_is_flagged_and_isolated(tmp_path):
