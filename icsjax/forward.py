@@ -19,10 +19,12 @@ from icsjax.spec import GroupSpec
 
 
 class ModelFns(NamedTuple):
-  apply: Callable    # (params, batch_stats, x, *, train, noise_key=None) -> (outputs, taps, stats)
-  loss: Callable     # (params, batch_stats, x, y, noise_key) -> (loss, (accuracy, taps, stats))
+  # noise: a noise key, the noise a key draws (draw_noise), or None (no noise)
+  apply: Callable    # (params, batch_stats, x, *, train, noise=None) -> (outputs, taps, stats)
+  loss: Callable     # (params, batch_stats, x, y, noise) -> (loss, (accuracy, taps, stats))
   adapted: Callable  # (params, batch_stats, x, weights) -> (outputs, adapted batch_stats)
   noise_key: Callable  # (state, step, purpose) -> the norm's noise key, or None without noise
+  draw_noise: Callable  # (params, batch_stats, x, noise_key) -> what that key draws, or None
   # (draw, key, like, fill=0.) -> draw(key, like) for a tree `like` shaped as (part
   # of) the parameters; in a padded program drawn at the model's own shapes.
   random_like: Callable
@@ -33,12 +35,16 @@ class ModelFns(NamedTuple):
 def model_fns(spec: GroupSpec, hp) -> ModelFns:
   model = spec.model
 
-  def apply(params, batch_stats, x, *, train: bool, noise_key=None):
+  def apply(params, batch_stats, x, *, train: bool, noise=None):
     """Forward pass: (outputs, taps, new batch_stats). Train mode normalises by
-    batch statistics (and draws noise when noise_key is given); eval mode by
-    the running ones."""
+    batch statistics (and adds noise when `noise` is given: a key to draw it
+    from, or `draw_noise`'s draw); eval mode by the running ones."""
     variables = {"params": params, "batch_stats": batch_stats}
-    rngs = {"noise": noise_key} if noise_key is not None else {}
+    rngs = {}
+    if isinstance(noise, dict):
+      variables["noise"] = noise
+    elif noise is not None:
+      rngs = {"noise": noise}
     if train:
       (out, taps), updated = model.apply(variables, x, train=True, hp=hp, rngs=rngs,
                                          mutable=["batch_stats"])
@@ -46,9 +52,9 @@ def model_fns(spec: GroupSpec, hp) -> ModelFns:
     out, taps = model.apply(variables, x, train=False, hp=hp)
     return out, taps, batch_stats
 
-  def loss(params, batch_stats, x, y, noise_key):
+  def loss(params, batch_stats, x, y, noise):
     """Train-mode loss of a batch: (loss, (accuracy, taps, updated batch_stats))."""
-    out, taps, new_stats = apply(params, batch_stats, x, train=True, noise_key=noise_key)
+    out, taps, new_stats = apply(params, batch_stats, x, train=True, noise=noise)
     value, acc = losses.task_loss(out, y, spec.task)
     return value, (acc, taps, new_stats)
 
@@ -62,6 +68,17 @@ def model_fns(spec: GroupSpec, hp) -> ModelFns:
 
   def noise_key(state, step, purpose: int):
     return keys.draw_key(state.noise_key, step, purpose) if spec.noisy else None
+
+  def draw_noise(params, batch_stats, x, noise_key):
+    """The noise a train-mode pass on x draws from noise_key (None: none), to
+    hand to passes that must all see one draw: a probe draws once, not inside
+    every gradient or product of its loops, where the draw's random-number
+    code would be compiled and run again each time."""
+    if noise_key is None:
+      return None
+    _, drawn = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                           hp=hp, rngs={"noise": noise_key}, mutable=["batch_stats", "noise"])
+    return drawn["noise"]
 
   def random_like(draw, key, like, fill=0.0):
     """draw(key, like); in a padded program, the draw the model's own network
@@ -78,7 +95,7 @@ def model_fns(spec: GroupSpec, hp) -> ModelFns:
   if spec.variants:
     units = jnp.asarray(spec.variant_units)[variant_index(hp)]
     masks = tuple(jnp.arange(n) < units[i] for i, n in enumerate(spec.layer_units))
-  return ModelFns(apply, loss, adapted, noise_key, random_like, masks)
+  return ModelFns(apply, loss, adapted, noise_key, draw_noise, random_like, masks)
 
 
 def stack_layers(per_layer, units: int):

@@ -132,14 +132,28 @@ class Norm(nn.Module):
     if mask is not None:
       x = jnp.where(mask, x, stand_in(x))
     y = self._batch_normalise(x, train, hp) * gamma + beta
-    # Train mode without a "noise" key is train-mode evaluation: batch statistics, no noise.
-    if self.kind in NOISY_NORMS and train and self.has_rng("noise"):
-      if self.variant_units:
-        s, m = variant_noise(self.make_rng("noise"), x.shape, hp, x.dtype, self.variant_units)
-      else:
-        s, m = santurkar_noise(self.make_rng("noise"), x.shape, hp, x.dtype)
-      y = s * y + m
+    if self.kind in NOISY_NORMS and train:
+      noise = self._noise(x, hp)
+      if noise is not None:
+        y = noise[0] * y + noise[1]
     return y
+
+  def _noise(self, x, hp):
+    """Noisy BN's (s, m): given in the "noise" collection (a draw made before,
+    icsjax.forward's draw_noise), else drawn from the "noise" rng (and kept in
+    that collection when it is mutable). Neither: train-mode evaluation, no noise."""
+    if self.has_variable("noise", "scale"):
+      return self.get_variable("noise", "scale"), self.get_variable("noise", "shift")
+    if not self.has_rng("noise"):
+      return None
+    if self.variant_units:
+      s, m = variant_noise(self.make_rng("noise"), x.shape, hp, x.dtype, self.variant_units)
+    else:
+      s, m = santurkar_noise(self.make_rng("noise"), x.shape, hp, x.dtype)
+    if self.is_mutable_collection("noise"):
+      self.put_variable("noise", "scale", s)
+      self.put_variable("noise", "shift", m)
+    return s, m
 
   def _layer_normalise(self, x, mask):
     """Per example over every unit of the layer (a conv layer: height x width x

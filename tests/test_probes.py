@@ -274,3 +274,25 @@ def assert_same_curvature(got, whole):
     spectral = name.startswith(("slq_", "hessian_"))
     np.testing.assert_allclose(got[name].values, whole[name].values, rtol=1e-5,
                                atol=1e-5 * extent if spectral else 1e-6, err_msg=name)
+
+
+def test_a_probe_draws_its_noise_once_and_sees_what_the_key_draws():
+  """Noisy BN: the probes draw their noise before their loops (draw_noise) and
+  hand the draw to every pass; a pass given the draw equals one given the key."""
+  from icsjax import forward
+  c = tiny_config()
+  c.sweep.norm, c.sweep.lr = ("noisy_batchnorm",), (0.1,)
+  (gr,) = runner.build_group_runs(runner.study_lib.expand(c))
+  hp = {k: v[0] for k, v in gr.hparams.items()}
+  fns = forward.model_fns(gr.spec, hp)
+  state = jax.tree_util.tree_map(lambda a: a[0], gr.state)
+  x, y = gr.data.train_x[:16], gr.data.train_y[:16]
+  key, other = jax.random.PRNGKey(3), jax.random.PRNGKey(4)
+  loss = jax.jit(lambda noise: fns.loss(state.params, state.batch_stats, x, y, noise)[0])
+  drawn = fns.draw_noise(state.params, state.batch_stats, x, key)
+  assert sorted(drawn) == ["norm_0", "norm_1"]  # one draw per normalised layer
+  assert drawn["norm_0"]["scale"].shape == (16, 8)  # per example and unit
+  np.testing.assert_allclose(loss(drawn), loss(key), rtol=1e-6)
+  assert abs(float(loss(drawn)) - float(loss(other))) > 1e-4  # another key, another draw
+  assert abs(float(loss(drawn)) - float(loss(None))) > 1e-4  # and none is no noise
+  assert fns.draw_noise(state.params, state.batch_stats, x, None) is None

@@ -355,7 +355,8 @@ def records(spec, fns, probe: ProbeInputs):
   """Lanczos tridiagonals (SLQ), trace, per-layer norms and per-layer
   sharpness on the probe batch, train mode, noise frozen. The spectrum itself
   comes from the tridiagonals on the host (``spectrum_records``)."""
-  loss_fn = lambda p: fns.loss(p, probe.batch_stats, probe.x, probe.y, probe.noise_key)[0]
+  noise = fns.draw_noise(probe.params, probe.batch_stats, probe.x, probe.noise_key)
+  loss_fn = lambda p: fns.loss(p, probe.batch_stats, probe.x, probe.y, noise)[0]
   params = probe.params
   hvp = tree_hvp(loss_fn, params)
   k_slq, k_trace = jax.random.split(probe.vector_key)

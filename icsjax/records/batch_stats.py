@@ -31,7 +31,7 @@ def compute(spec, fns, at):
   train = spec.run.monitor_mode == "train"
   noise = fns.noise_key(state, at.step, keys.MONITOR) if train else None
   _, taps, _ = fns.apply(state.params, state.batch_stats, at.data.monitor_x, train=train,
-                         noise_key=noise)
+                         noise=noise)
   units = jnp.asarray(spec.run.tracked_units)
   q = jnp.asarray(QUANTILES)
   # Over monitor examples (and, in a conv layer, every position): (layer, unit, quantile)
