@@ -7,6 +7,7 @@ arrive as traced scalars, so a vmapped group sweeps them without recompiling.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
@@ -41,7 +42,7 @@ def model_fns(spec: GroupSpec, hp) -> ModelFns:
     from, or `draw_noise`'s draw); eval mode by the running ones."""
     variables = {"params": params, "batch_stats": batch_stats}
     rngs = {}
-    if isinstance(noise, dict):
+    if isinstance(noise, Mapping):
       variables["noise"] = noise
     elif noise is not None:
       rngs = {"noise": noise}
@@ -71,9 +72,10 @@ def model_fns(spec: GroupSpec, hp) -> ModelFns:
 
   def draw_noise(params, batch_stats, x, noise_key):
     """The noise a train-mode pass on x draws from noise_key (None: none), to
-    hand to passes that must all see one draw: a probe draws once, not inside
-    every gradient or product of its loops, where the draw's random-number
-    code would be compiled and run again each time."""
+    hand to passes that must all see one draw: a training step and the probes
+    of its update, or a probe's every gradient and product, which would
+    otherwise compile and run the draw's random-number code each time. The
+    draw depends on x's shape only, so XLA drops the pass's arithmetic."""
     if noise_key is None:
       return None
     _, drawn = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,

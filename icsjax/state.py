@@ -23,7 +23,7 @@ class StepInternals(struct.PyTreeNode):
   batch_stats: Any   # before the update
   x: jax.Array
   y: jax.Array
-  noise_key: Any     # the step's noise draw (None without noise)
+  noise: Any         # the step's noise draw (ModelFns.draw_noise; None without noise)
   loss: jax.Array
   grads: Any
   updates: Any

@@ -121,14 +121,15 @@ def make_loop(spec: GroupSpec) -> Loop:
     reach other models, and reads NaN.
     """
     fns = model_fns(spec, hp)
-    noise_key = fns.noise_key(state, t, keys.STEP)
+    # Drawn apart from the loss, so that the probes of this update reuse the draw.
+    noise = fns.draw_noise(state.params, state.batch_stats, x, fns.noise_key(state, t, keys.STEP))
     (loss, (acc, taps, new_stats)), grads = jax.value_and_grad(fns.loss, has_aux=True)(
-        state.params, state.batch_stats, x, y, noise_key)
+        state.params, state.batch_stats, x, y, noise)
     tx = optim.make(spec.static["optimizer"], hp)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     inside = StepInternals(params=state.params, batch_stats=state.batch_stats, x=x, y=y,
-                           noise_key=noise_key, loss=loss, grads=grads, updates=updates,
+                           noise=noise, loss=loss, grads=grads, updates=updates,
                            moments=tap_moments(taps, spec.max_units))
     state = _set_diverged(state, ~jnp.isfinite(loss), t).replace(
         params=new_params, batch_stats=new_stats, opt_state=opt_state)

@@ -68,7 +68,6 @@ def records(spec, fns, at):
   """Gradient-ICS of update `at.step` itself: its batch, noise draw, parameters
   before it and real update."""
   u = at.update
-  noise = fns.draw_noise(u.params, u.batch_stats, u.x, u.noise_key)
-  grad_fn = jax.grad(lambda p: fns.loss(p, u.batch_stats, u.x, u.y, noise)[0])
+  grad_fn = jax.grad(lambda p: fns.loss(p, u.batch_stats, u.x, u.y, u.noise)[0])
   return gradient_ics(grad_fn, u.params, optax.apply_updates(u.params, u.updates), u.grads,
                       spec.weight_layers, spec.probes_in_sequence)

@@ -43,7 +43,6 @@ def along_update(loss_and_grad_fn, params, update, base_loss, base_grads,
 def records(spec, fns, at):
   """Landscape records along update `at.step`, on its batch with its noise draw."""
   u = at.update
-  noise = fns.draw_noise(u.params, u.batch_stats, u.x, u.noise_key)
-  loss_and_grad = jax.value_and_grad(lambda p: fns.loss(p, u.batch_stats, u.x, u.y, noise)[0])
+  loss_and_grad = jax.value_and_grad(lambda p: fns.loss(p, u.batch_stats, u.x, u.y, u.noise)[0])
   return along_update(loss_and_grad, u.params, u.updates, u.loss, u.grads,
                       spec.run.landscape_lr_multiples, spec.probes_in_sequence)
