@@ -66,7 +66,7 @@ On a device machine without the repo's dependencies (the image has Python
 checkout and install them there without a network:
 
   here:    pip download ml_collections absl-py flax optax orbax-checkpoint xarray \
-             "etils[epath]" tqdm scikit-learn matplotlib -d wheels/ \
+             "etils[epath]" tqdm matplotlib -d wheels/ \
              --python-version 3.12 --only-binary=:all: --platform manylinux2014_x86_64
              (pip download also fetches their dependencies, jax among them; install
              only what the image lacks)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import scipy.stats
+import scipy.special
 
 from icsjax.data import REGRESSION
 from icsjax.records import evaluation
@@ -72,7 +72,8 @@ def chance_p_value(accuracy, examples: int, num_classes: int) -> np.ndarray:
   the accuracy is NaN."""
   acc = np.asarray(accuracy, np.float64)
   k = np.round(np.where(np.isnan(acc), 0.0, acc) * examples)
-  p = scipy.stats.binom.sf(k - 1, examples, 1.0 / num_classes)
+  # bdtrc(j, n, p) = P(X > j), and 1 for j < 0 (no correct answers: certainly no better)
+  p = scipy.special.bdtrc(k - 1, examples, 1.0 / num_classes)
   return np.where(np.isnan(acc), np.nan, p)
 
 

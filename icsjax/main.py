@@ -121,7 +121,6 @@ def main(argv, sweeps=None, stop: preemption.Stop | None = None):
     config_files.add_sweeps(FLAGS.config, sweeps or {})
     store.check_workdir(FLAGS.workdir, FLAGS.config.to_json())  # another study's: refused
     from icsjax import devices
-    from icsjax import report
     from icsjax import runner
     from icsjax import study as study_lib
     # JAX logs at INFO that it found no TPU; that is not news on a CPU or GPU machine.
@@ -137,6 +136,7 @@ def main(argv, sweeps=None, stop: preemption.Stop | None = None):
                stop=stop if processes == 1 else preemption.AtSyncPoint(stop.command),
                tensorboard=FLAGS.tensorboard, groups=FLAGS.groups)
     if FLAGS.report and primary:
+      from icsjax import report  # a second of imports (matplotlib, xarray) a run needs not
       print(f"report: {report.write(FLAGS.workdir)}")
   return DONE
 

@@ -250,7 +250,7 @@ def versions() -> dict:
   import importlib.metadata as md
   import jax
   out = {"python": platform.python_version(), "platform": platform.platform()}
-  for name in ("jax", "jaxlib", "flax", "optax", "numpy", "ml_collections", "scikit-learn"):
+  for name in ("jax", "jaxlib", "flax", "optax", "numpy", "ml_collections"):
     try:
       out[name] = md.version(name)
     except md.PackageNotFoundError:

@@ -46,6 +46,19 @@ def test_digits_split_and_standardisation():
   assert sum(tuple(r) in rows for r in np.asarray(ds.raw_test_x).reshape(-1, 64)) < 10  # digits has a few duplicates
 
 
+def test_the_shipped_digits_are_scikit_learns():
+  from sklearn.datasets import load_digits
+  x, y = load_digits(return_X_y=True)
+  static = static_of(tiny_config())
+  ds = data_lib.load(static)
+  # data_seed's shuffle of scikit-learn's order, split into train and test
+  order = np.random.default_rng(static["data_seed"]).permutation(len(x))
+  raw = np.concatenate([np.asarray(ds.raw_train_x), np.asarray(ds.raw_test_x)]).reshape(-1, 64)
+  labels = np.concatenate([np.asarray(ds.train_y), np.asarray(ds.test_y)])
+  np.testing.assert_array_equal(raw, x[order])
+  np.testing.assert_array_equal(labels, y[order])
+
+
 def test_gaussian_regression_targets_follow_a_fixed_matrix():
   static = static_of(tiny_config(dataset="gaussian_regression", regression_train_size=100,
                                  regression_test_size=50))

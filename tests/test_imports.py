@@ -84,3 +84,20 @@ def test_the_check_finds_a_circle():
   graph = package_graph()
   assert "icsjax.records" in graph["icsjax.train"]  # imports are read
   assert "icsjax.norms" in graph["icsjax.models"]
+
+
+def test_a_run_starts_without_the_heavy_modules_it_does_not_use():
+  """Every run, and each of the tests' subprocesses, pays for what the command
+  line imports before its first step: scikit-learn and scipy.stats take a
+  second each to import and the report's modules another, which a run does not
+  need (the digits ship as arrays; p-values come from scipy.special; the
+  report is imported when it is written)."""
+  import subprocess
+  import sys
+  code = ("import sys; import icsjax.main, icsjax.runner, icsjax.study; "
+          "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn' "
+          "or m.startswith(('scipy.stats', 'icsjax.report', 'icsjax.analysis', 'matplotlib'))))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "[]"

@@ -80,3 +80,16 @@ def test_pyproject_lists_every_package():
   assert listed - on_disk == {"icsjax.configs"}
   assert os.path.isfile(os.path.join(ROOT, "configs", "__init__.py"))  # editable installs need it
   assert setuptools["package-dir"] == {"icsjax.configs": "configs"}
+
+
+def test_pyproject_ships_every_data_file_of_the_package():
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+  code = {".py", ".pyc"}
+  for package_dir in pathlib.Path(ROOT, "icsjax").rglob("__init__.py"):
+    package = ".".join(package_dir.parent.relative_to(ROOT).parts)
+    data = {p.name for p in package_dir.parent.iterdir()
+            if p.is_file() and p.suffix not in code}
+    listed = {p.name for pattern in package_data.get(package, [])
+              for p in package_dir.parent.glob(pattern)}
+    assert data == listed, (package, data - listed)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 LEVEL = 0.95
 ALPHA = 1 - LEVEL  # the family-wise error rate of the primary effects
@@ -55,9 +55,9 @@ def t_interval(differences, level: float = LEVEL) -> Interval:
   if n < 2:
     return Interval(mean, math.nan, math.nan, n)
   se = float(d.std(ddof=1) / math.sqrt(n))
-  half = float(stats.t.ppf(0.5 + level / 2, n - 1) * se)
+  half = float(special.stdtrit(n - 1, 0.5 + level / 2) * se)
   if se > 0:
-    p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+    p = float(2 * special.stdtr(n - 1, -abs(mean) / se))
   else:  # every pair gives the same difference: certain, unless that difference is 0
     p = 1.0 if mean == 0 else 0.0
   return Interval(mean, mean - half, mean + half, n, p)

@@ -23,8 +23,8 @@ from icsjax.report import render as r
 from icsjax.report import stats
 
 DATASETS = {
-    "digits": "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes; "
-              "embedded, no download)",
+    "digits": "the UCI 8x8 handwritten digits as scikit-learn bundles them (1,797 images, "
+              "10 classes; embedded, no download)",
     "gaussian_regression": "synthetic Gaussian regression y = A x (embedded)",
     "mnist": "MNIST (TFDS, 60,000 training images)",
     "fashion_mnist": "Fashion-MNIST (TFDS, 60,000 training images)",
