@@ -212,23 +212,31 @@ def checkpoint_steps(config) -> list[int]:
   return [e for i, e in enumerate(ends) if (i + 1) % every == 0 or e == config.steps]
 
 
+def _nbytes(tree) -> int:
+  return sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(tree))
+
+
 def bytes_needed(runs: list[GroupRun], config) -> tuple[int, int]:
   """(records, checkpoints): bytes of array data the run writes into its workdir,
   a lower bound of what it needs (file formats add a little). Records: every
-  segment's, whose shapes the segment's trace gives without computing it;
-  checkpoints: one state per group, times the steps kept on disk at once (one
-  more than checkpoint_keep while a new step is written)."""
+  segment's, whose shapes the segment's trace gives without computing it (the
+  step-0 slots it returns are written once); checkpoints: one state per
+  group, times the steps kept on disk at once (one more than checkpoint_keep
+  while a new step is written)."""
+  segments = config.steps // config.segment_steps
   records = state = 0
   for gr in runs:
     real = gr.size / len(gr.model_seeds)  # the padding models are not written
     out_state, out = jax.eval_shape(gr.loop.segment, gr.state, gr.hparams, gr.model_seeds,
                                     gr.data, jnp.int32(0))
-    records += real * sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(out))
-    state += real * sum(a.size * a.dtype.itemsize
-                        for a in jax.tree_util.tree_leaves(out_state))
+    step_0 = sum(_nbytes(tree) // jax.tree_util.tree_leaves(tree)[0].shape[1]
+                 for kind, tree in out.items()
+                 if kind in records_lib.BY_NAME and records_lib.BY_NAME[kind].at_init)
+    records += real * (segments * (_nbytes(out) - step_0) + step_0)
+    state += real * _nbytes(out_state)
   saved = len(checkpoint_steps(config))
   kept = min(saved, config.checkpoint_keep + 1) if config.checkpoint_keep else saved
-  return int(records * (config.steps // config.segment_steps)), int(state * kept)
+  return int(records), int(state * kept)
 
 
 def check_free_space(runs: list[GroupRun], config, workdir) -> None:
@@ -268,24 +276,24 @@ def _on_host(gr: GroupRun, tree):
 def dispatch(gr: GroupRun, start: int, dispatched: Callable[[], None] = lambda: None):
   """Queues one segment of a program and returns at once with what `collect`
   reads: programs dispatched one after another run at once where their
-  devices differ (icsjax.placement.device_blocks). The first segment's records
-  start with step 0 (the kinds that record it), read from the initial state
-  before the segment's donated buffers replace it. `dispatched` is called once
+  devices differ (icsjax.placement.device_blocks). `dispatched` is called once
   the compiled call has returned (traced and compiled, its work queued)."""
-  initial = (_on_host(gr, gr.loop.at_init(gr.state, gr.hparams, gr.model_seeds, gr.data))
-             if start == 0 else {})
   gr.state, records = gr.loop.segment(gr.state, gr.hparams, gr.model_seeds, gr.data,
                                       jnp.int32(start))
   dispatched()
   records[records_lib.MODEL] = {"diverged_step": gr.state.diverged_step,
                                 **records_lib.model_records(gr.spec, gr.hparams)}
-  return initial, records
+  return start, records
 
 
 def collect(gr: GroupRun, pending) -> dict:
-  """{group: its records on the host} of a `dispatch`ed segment, once it is done."""
-  initial, records = pending
-  records = records_lib.finish(records_lib.with_initial(initial, _on_host(gr, records)))
+  """{group: its records on the host} of a `dispatch`ed segment, once it is done;
+  the first segment's start with step 0 (the kinds that record it)."""
+  start, records = pending
+  records = _on_host(gr, records)
+  if start:
+    records = records_lib.without_step_0(records)
+  records = records_lib.finish(records)
   records[records_lib.MODEL].update(failure.verdict(
       records[records_lib.MODEL]["diverged_step"], failure.last_evaluation(records),
       gr.baseline))

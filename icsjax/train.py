@@ -2,8 +2,7 @@
 
 ``make_loop(spec)`` returns the group's functions, closed over its static
 config: ``init`` (models from seed indices and hyperparameters), ``step`` (one
-update of one model), ``at_init`` (the records of step 0) and ``segment``,
-which is
+update of one model) and ``segment``, which is
 
   jit(vmap over models(scan over chunks(scan over scan_length steps;
                                         record kinds when due))).
@@ -17,8 +16,9 @@ Step numbering: step t (1-based) is the t-th update. The per-step loss of
 step t is the minibatch loss before that update; a record kind due "at step
 t" runs at the end of a chunk and reads the model right after update t
 (icsjax.state.Moment: the state after it, and the update itself). Kinds
-``at_init`` also record step 0, once, before the first segment (``at_init``):
-the initial state, with update 1 as the update.
+``at_init`` also record step 0, in the first segment only, ahead of its other
+records: the initial state, with update 1 as the update. Every segment
+returns their slot for step 0; `without_step_0` drops it after the first.
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ class Loop(NamedTuple):
   step: Callable     # one model: (state, hp, x, y, step) -> (state, metrics, StepInternals)
   segment: Callable  # jit: (states, hparams, model seed indices, data, start_step)
                      #      -> (states, {kind: records})
-  at_init: Callable  # jit: (initial states, hparams, model seed indices, data)
-                     #      -> {kind: records of step 0, time axis of length 1}
 
 
 def segment_batch_indices(key, start_step, num_steps: int, batch_size: int, num_train: int):
@@ -96,20 +94,16 @@ def _nan_if(flag, tree):
   return tree_utils.tree_where(flag, tree_utils.tree_full_like(tree, jnp.nan), tree)
 
 
-def _write_if_due(buf, chunk, every_chunks: int, compute):
-  """Writes compute() into slot (chunk+1)/every-1 of buf when that chunk ends a cadence."""
-  slot = (chunk + 1) // every_chunks - 1
+def _write_if_due(buf, slot, due, compute):
+  """Writes compute() into buf[slot] when due (an unbatched bool: one branch runs)."""
   write = lambda b: jax.tree_util.tree_map(lambda b_, v: b_.at[slot].set(v), b, compute())
-  if every_chunks == 1:
-    return write(buf)
-  return jax.lax.cond((chunk + 1) % every_chunks == 0, write, lambda b: b, buf)
+  return jax.lax.cond(due, write, lambda b: b, buf)
 
 
 def make_loop(spec: GroupSpec) -> Loop:
-  """The group's init, step, at_init and segment functions."""
+  """The group's init, step and segment functions."""
   run = spec.run
   kinds = records_lib.active(run)
-  initial_kinds = records_lib.at_init(run)
 
   def step(state: ModelState, hp, x, y, t):
     """Update t (1-based) of one model; what a caller leaves unused, XLA does not compute.
@@ -155,19 +149,19 @@ def make_loop(spec: GroupSpec) -> Loop:
     diverged = at.state.diverged_step > 0
     return {k.name: lambda k=k: _nan_if(diverged, compute(k, hp, at)) for k in kinds}
 
-  def at_init_one(state: ModelState, hp, first_batch, data):
-    """Step 0 of one model: the initial state, and update 1 (on step 1's
-    minibatch) as its update, whose batch moments are those of the initial
-    parameters. first_batch: step 1's minibatch indices."""
-    _, _, inside = step(state, hp, data.train_x[first_batch], data.train_y[first_batch], 1)
-    thunks = due(Moment(state=state, step=0, update=inside, data=data), hp, initial_kinds)
-    return {name: jax.tree_util.tree_map(lambda a: a[None], f()) for name, f in thunks.items()}
-
   def segment_one(state: ModelState, hp, indices, data, start_step):
-    """Train one model for a segment. indices: (segment_steps, batch) minibatch indices."""
+    """Train one model for a segment. indices: (segment_steps, batch) minibatch indices.
+
+    The scan over chunks makes one pass more, first: pass -1 trains nothing and,
+    in the first segment, records step 0 of the kinds that record it (the
+    initial state, with update 1 on step 1's minibatch as its update). Each
+    kind's code is then compiled once, in the chunk body, instead of a second
+    time in a program of its own for step 0.
+    """
     n = run.scan_length
     chunks = run.segment_steps // n
     idx = indices.reshape(chunks, n, -1)
+    first_segment = start_step == 0
 
     def step_at(state, t, batch_idx):
       return step(state, hp, data.train_x[batch_idx], data.train_y[batch_idx], t)
@@ -176,37 +170,61 @@ def make_loop(spec: GroupSpec) -> Loop:
       state, metrics, _ = step_at(state, *xs)
       return state, metrics
 
+    def first_pass():  # traced for shapes only
+      s, metrics, inside = step_at(state, start_step + 1, idx[0, 0])
+      at = Moment(state=s, step=start_step + 1, update=inside, data=data)
+      return {name: f() for name, f in due(at, hp).items()}, metrics
+    record_shapes, metric_shapes = jax.eval_shape(first_pass)
+
+    def train(state, steps, chunk_idx):
+      return jax.lax.scan(one_step, state, (steps, chunk_idx))
+
+    def skip(state, steps, chunk_idx):
+      return state, jax.tree_util.tree_map(
+          lambda m: jnp.zeros(steps.shape + m.shape, m.dtype), metric_shapes)
+
+    def slot_and_due(kind, j):
+      """Where kind writes in pass j, and whether it does (unbatched: one branch runs)."""
+      every = kind.every(run) // n
+      cadence_ends = (j + 1) % every == 0
+      if kind.at_init:  # slot 0 is step 0
+        return (j + 1) // every, cadence_ends & ((j >= 0) | first_segment)
+      return (j + 1) // every - 1, cadence_ends & (j >= 0)
+
     def one_chunk(carry, xs):
       state, bufs = carry
       j, chunk_idx = xs
+      step_0 = j < 0
       steps = start_step + j * n + 1 + jnp.arange(n)
       # Record kinds read a chunk's last step only, so that step alone keeps its
       # batch moments, gradient and update.
-      state, metrics = jax.lax.scan(one_step, state, (steps[:-1], chunk_idx[:-1]))
-      state, last, inside = step_at(state, steps[-1], chunk_idx[-1])
+      trained, metrics = jax.lax.cond(step_0, skip, train, state, steps[:-1], chunk_idx[:-1])
+      last_step = jnp.where(step_0, start_step + 1, steps[-1])
+      last_idx = jnp.where(step_0, chunk_idx[0], chunk_idx[-1])
+      updated, last, inside = step_at(trained, last_step, last_idx)
       metrics = jax.tree_util.tree_map(lambda m, l: jnp.concatenate([m, l[None]]), metrics, last)
       end = start_step + (j + 1) * n
-      state = _set_diverged(state, ~_all_finite((state.params, state.batch_stats)), end)
+      updated = _set_diverged(updated, ~_all_finite((updated.params, updated.batch_stats)), end)
+      # Pass -1 keeps the state it was given: its update is only read, not applied.
+      state = tree_utils.tree_where(step_0, trained, updated)
       thunks = due(Moment(state=state, step=end, update=inside, data=data), hp)
-      bufs = {k.name: _write_if_due(bufs[k.name], j, k.every(run) // n, thunks[k.name])
+      bufs = {k.name: _write_if_due(bufs[k.name], *slot_and_due(k, j), thunks[k.name])
               for k in kinds}
       return (state, bufs), metrics
 
-    def first_records():  # traced for shapes only
-      s, _, inside = step_at(state, start_step + 1, idx[0, 0])
-      at = Moment(state=s, step=start_step + 1, update=inside, data=data)
-      return {name: f() for name, f in due(at, hp).items()}
     # Zeros that depend on this model's state: under the segment's vmap the buffers
     # are then batched from the start, and scan batches its body (every kind
     # included) in one pass instead of a second one for the carry that turned batched.
     zero = state.diverged_step * 0
-    bufs = {name: jax.tree_util.tree_map(
-                lambda s, k=records_lib.BY_NAME[name]: jnp.zeros(
-                    (run.segment_steps // k.every(run),) + s.shape, s.dtype)
-                + zero.astype(s.dtype), shapes)
-            for name, shapes in jax.eval_shape(first_records).items()}
-    (state, bufs), metrics = jax.lax.scan(one_chunk, (state, bufs), (jnp.arange(chunks), idx))
-    return state, {records_lib.PER_STEP: jax.tree_util.tree_map(lambda m: m.reshape(-1),
+    bufs = {}
+    for name, shapes in record_shapes.items():
+      kind = records_lib.BY_NAME[name]
+      length = run.segment_steps // kind.every(run) + kind.at_init
+      bufs[name] = jax.tree_util.tree_map(
+          lambda s: jnp.zeros((length,) + s.shape, s.dtype) + zero.astype(s.dtype), shapes)
+    passes = (jnp.arange(-1, chunks), jnp.concatenate([idx[:1], idx]))
+    (state, bufs), metrics = jax.lax.scan(one_chunk, (state, bufs), passes)
+    return state, {records_lib.PER_STEP: jax.tree_util.tree_map(lambda m: m[1:].reshape(-1),
                                                                 metrics), **bufs}
 
   def init(model_seeds, hp) -> ModelState:
@@ -236,9 +254,4 @@ def make_loop(spec: GroupSpec) -> Loop:
     return over_models(segment_one, states, hp, model_seeds, start_step, run.segment_steps,
                        data, start_step)
 
-  def at_init(states, hp, model_seeds, data):
-    return over_models(lambda s, h, idx, d: at_init_one(s, h, idx[0], d), states, hp,
-                       model_seeds, 0, 1, data)
-
-  return Loop(init=init, step=step, segment=jax.jit(segment, donate_argnums=0),
-              at_init=jax.jit(at_init))
+  return Loop(init=init, step=step, segment=jax.jit(segment, donate_argnums=0))

@@ -285,7 +285,7 @@ def test_paired_models_share_batches_and_initial_weights(tmp_path):
   c.sweep.lr = (0.1, 0.3)
   ds = runner.run(c, tmp_path / "w", progress=False, log=lambda *_: None)
   first = np.concatenate([g.preact_mean.sel(record_step=1).isel(layer=0).values for g in ds.values()])
-  # Step 0 reads the same batch under the same (initial) weights, in a program of its own.
+  # Step 0 reads the same batch under the same (initial) weights, in the pass before chunk 0.
   at_init = np.concatenate([g.preact_mean.sel(record_step=0).isel(layer=0).values
                             for g in ds.values()])
   np.testing.assert_allclose(at_init, first, rtol=1e-6, atol=1e-7)

@@ -233,8 +233,8 @@ def test_the_run_needs_the_bytes_of_its_arrays_and_is_refused_with_less(tmp_path
   [group] = [g.group.name for g in runs]
   arrays, schema = store.load_arrays(workdir, group)
   written = sum(a.nbytes for name, a in arrays.items() if name in schema["variables"])
-  # The written records add what the segment's output lacks: step 0, and
-  # per-model values derived on the host; the estimate stays a lower bound.
+  # The written records add what the segment's output lacks: per-model values
+  # derived on the host; the estimate stays a lower bound.
   assert records <= written < 1.5 * records, (records, written)
   with checkpoint_lib.Checkpoints(workdir, async_save=False) as ckpts:
     state = ckpts.read(ckpts.steps()[-1], [group])[group]

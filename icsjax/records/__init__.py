@@ -75,11 +75,12 @@ def time_coords(run, start: int) -> dict[str, np.ndarray]:
   return out
 
 
-def with_initial(initial: dict, records: dict) -> dict:
-  """A first segment's host records with the step-0 entries ({kind: {name: (models,
-  1, ...)}}) put in front along each kind's time axis."""
-  return {kind: {name: np.concatenate([initial[kind][name], a], axis=1) if kind in initial
-                 else a for name, a in tree.items()}
+def without_step_0(records: dict) -> dict:
+  """Host records of a segment after the first, without the step-0 slot that
+  every segment returns for the kinds that record step 0 (unwritten after the
+  first: icsjax.train)."""
+  return {kind: ({name: a[:, 1:] for name, a in tree.items()}
+                 if kind in BY_NAME and BY_NAME[kind].at_init else tree)
           for kind, tree in records.items()}
 
 

@@ -30,7 +30,7 @@ class RecordKind:
   model right after update ``at.step`` (icsjax.state.Moment). It returns
   {variable: array}; the loop stacks them along ``time_axis``, NaN once the
   model has diverged. A kind ``at_init`` is also computed at step 0: ``at``
-  is then the initial state, and ``at.update`` update 1 (icsjax.train.Loop.at_init).
+  is then the initial state, and ``at.update`` update 1 (icsjax.train, segment_one).
   """
   name: str          # its key in a segment's records
   title: str         # in words, for messages and the report
