@@ -23,6 +23,7 @@ returns their slot for step 0; `without_step_0` drops it after the first.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -100,6 +101,19 @@ def _write_if_due(buf, slot, due, compute):
   return jax.lax.cond(due, write, lambda b: b, buf)
 
 
+def _traced_once(fn):
+  """fn, jitted and inlined where it is called: its Python runs once per types
+  of its arguments, and every later call reuses that trace."""
+  jitted = jax.jit(fn, inline=True)
+
+  def call(*args):
+    # The trace cache keys on the context mesh, which some of JAX's transforms
+    # leave unset and others set empty: set, it is the same for every call.
+    with jax.sharding.use_abstract_mesh(jax.sharding.get_abstract_mesh()):
+      return jitted(*args)
+  return call
+
+
 def make_loop(spec: GroupSpec) -> Loop:
   """The group's init, step and segment functions."""
   run = spec.run
@@ -132,17 +146,24 @@ def make_loop(spec: GroupSpec) -> Loop:
       metrics["train_accuracy"] = acc
     return state, _nan_if(state.diverged_step > 0, metrics), inside
 
+  traced_step = _traced_once(step)  # in the chunks' scan, their last step and first_pass
+  # Each kind's compute, traced once per group and reused for the buffers'
+  # shapes, the chunk body and each batching of it (the curvature probe was
+  # traced four times, 3/4 of a depth-6 group's tracing).
+  computes = {k.name: _traced_once(functools.partial(
+      lambda kind, hp, inputs: kind.compute(spec, model_fns(spec, hp), inputs), k))
+              for k in kinds}
+
   def compute(kind, hp, at: Moment):
     """One kind's records of one model, placed as the kind asks."""
-    fns = model_fns(spec, hp)
+    fn = computes[kind.name]
     if kind.per_device_inputs is None:
-      return kind.compute(spec, fns, at)
+      return fn(hp, at)
     # The inputs pass explicitly (no closure over the models' values), so that a
     # CPU can hand each device its models one at a time.
-    fn = lambda hp, inputs: kind.compute(spec, model_fns(spec, hp), inputs)
     if spec.probes_in_sequence:
       fn = placement.one_model_per_device(fn, spec.devices, spec.first_device)
-    return fn(hp, kind.per_device_inputs(spec, fns, at))
+    return fn(hp, kind.per_device_inputs(spec, model_fns(spec, hp), at))
 
   def due(at: Moment, hp, kinds=kinds) -> dict:
     """{kind: thunk computing its records of `at`}, NaN for a diverged model."""
@@ -164,7 +185,7 @@ def make_loop(spec: GroupSpec) -> Loop:
     first_segment = start_step == 0
 
     def step_at(state, t, batch_idx):
-      return step(state, hp, data.train_x[batch_idx], data.train_y[batch_idx], t)
+      return traced_step(state, hp, data.train_x[batch_idx], data.train_y[batch_idx], t)
 
     def one_step(state, xs):
       state, metrics, _ = step_at(state, *xs)
