@@ -230,8 +230,7 @@ def bytes_needed(runs: list[GroupRun], config) -> tuple[int, int]:
     out_state, out = jax.eval_shape(gr.loop.segment, gr.state, gr.hparams, gr.model_seeds,
                                     gr.data, jnp.int32(0))
     step_0 = sum(_nbytes(tree) // jax.tree_util.tree_leaves(tree)[0].shape[1]
-                 for kind, tree in out.items()
-                 if kind in records_lib.BY_NAME and records_lib.BY_NAME[kind].at_init)
+                 for kind, tree in out.items() if records_lib.has_step_0_slot(kind))
     records += real * (segments * (_nbytes(out) - step_0) + step_0)
     state += real * _nbytes(out_state)
   saved = len(checkpoint_steps(config))

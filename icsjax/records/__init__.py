@@ -75,12 +75,16 @@ def time_coords(run, start: int) -> dict[str, np.ndarray]:
   return out
 
 
+def has_step_0_slot(key: str) -> bool:
+  """Whether a segment's records under `key` lead with a slot for step 0 (written
+  in the first segment only: icsjax.train)."""
+  return key in BY_NAME and BY_NAME[key].at_init
+
+
 def without_step_0(records: dict) -> dict:
-  """Host records of a segment after the first, without the step-0 slot that
-  every segment returns for the kinds that record step 0 (unwritten after the
-  first: icsjax.train)."""
+  """Host records of a segment after the first, without their step-0 slots."""
   return {kind: ({name: a[:, 1:] for name, a in tree.items()}
-                 if kind in BY_NAME and BY_NAME[kind].at_init else tree)
+                 if has_step_0_slot(kind) else tree)
           for kind, tree in records.items()}
 
 
