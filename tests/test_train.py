@@ -1,5 +1,6 @@
 """The vmapped, scanned group loop against a separately written, un-vmapped loop."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,6 +20,7 @@ from icsjax import records as records_lib
 from icsjax import runner
 from icsjax import shuffle
 from icsjax import store
+from icsjax import study
 from icsjax import train
 from icsjax.records import batch_stats
 
@@ -454,3 +456,22 @@ def test_step_0_and_the_monitor_signal_match_numpy(activation, norm, lr, monitor
   assert gr.spec.activation == activation
   assert records_lib.attrs(gr.spec)["saturation_threshold"] == (
       "|z| > 4" if activation == "sigmoid" else "z <= 0")
+
+
+def test_a_group_traces_each_record_kind_once(monkeypatch):
+  """A kind's Python runs once per group, however often the segment uses it
+  (buffer shapes, chunk body, each batching of it, the per-device probe's
+  rule): train._traced_once. The curvature probe ran four times before."""
+  c = tiny_config(ics_every=10, landscape_every=20, curvature_every=20, curvature_batch_size=16,
+                  lanczos_steps=3, layer_lanczos_steps=2, slq_vectors=1, hutchinson_samples=1)
+  calls = {}
+
+  def counted(kind):
+    def compute(*args):
+      calls[kind.name] = calls.get(kind.name, 0) + 1
+      return kind.compute(*args)
+    return dataclasses.replace(kind, compute=compute)
+  monkeypatch.setattr(records_lib, "KINDS", tuple(counted(k) for k in records_lib.KINDS))
+  [gr] = runner.build_group_runs(study.expand(c))
+  gr.loop.segment.trace(gr.state, gr.hparams, gr.model_seeds, gr.data, jnp.int32(0))
+  assert calls == {"record": 1, "eval": 1, "ics": 1, "landscape": 1, "curvature": 1}
