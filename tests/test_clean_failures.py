@@ -118,13 +118,21 @@ def solo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def contended(tmp_path_factory):
   """Two runs of one command on one workdir: the second starts once the first
-  holds the lock. The first shows its progress bar."""
+  holds the lock. The first shows its progress bar.
+
+  The first is paused (SIGSTOP, which keeps its lock) while the second runs:
+  a tiny study can otherwise finish, and free the workdir, before the second
+  has imported jax."""
   workdir = tmp_path_factory.mktemp("contended") / "w"
   first = start_cli(workdir, progress=True)
   wait_for_holder(workdir, first.pid, first)
-  t0 = time.monotonic()
-  second = run_cli(workdir, timeout=60)
-  second_seconds = time.monotonic() - t0
+  os.kill(first.pid, signal.SIGSTOP)
+  try:
+    t0 = time.monotonic()
+    second = run_cli(workdir, timeout=60)
+    second_seconds = time.monotonic() - t0
+  finally:
+    os.kill(first.pid, signal.SIGCONT)
   out, err = first.communicate(timeout=300)
   return dict(workdir=workdir, first=first, first_out=out, first_err=err, second=second,
               second_seconds=second_seconds)
