@@ -96,9 +96,14 @@ def _nan_if(flag, tree):
 
 
 def _write_if_due(buf, slot, due, compute):
-  """Writes compute() into buf[slot] when due (an unbatched bool: one branch runs)."""
-  write = lambda b: jax.tree_util.tree_map(lambda b_, v: b_.at[slot].set(v), b, compute())
-  return jax.lax.cond(due, write, lambda b: b, buf)
+  """Writes compute() into buf[slot] when due (an unbatched bool: one branch runs).
+
+  Only the value passes through the cond, the buffer never: the write stays an
+  in-place update of the scan's carry."""
+  slot = jnp.maximum(slot, 0)
+  kept = jax.tree_util.tree_map(lambda b: b[slot], buf)
+  value = jax.lax.cond(due, compute, lambda: kept)
+  return jax.tree_util.tree_map(lambda b, v: b.at[slot].set(v), buf, value)
 
 
 def _traced_once(fn):
