@@ -7,7 +7,7 @@ the report to answer all five of its questions.
 
   python -m icsjax.main --config=configs/default.py --workdir=runs/default
 
-Runtime: 203-252 s wall (the same run at different hours) on a 2-core CPU with everything on (probes, test time,
+Runtime: 160-252 s wall (the same run at different hours) on a 2-core CPU with everything on (probes, test time,
 checkpoints, the report; jax 0.10.2, one XLA device per core). The depth axis
 doubled the models, so the steps went from 3000 to 2000 and the curvature
 probe got lighter (a probe batch of 128, 20 Lanczos steps, 5 Hutchinson
