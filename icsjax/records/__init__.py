@@ -58,11 +58,6 @@ def variable_dims(kind: str, variable: str) -> tuple[str, ...]:
   return BY_NAME[kind].variable_dims(variable)
 
 
-def at_init(run) -> tuple[RecordKind, ...]:
-  """The active kinds that also record step 0, the state at initialisation."""
-  return tuple(k for k in active(run) if k.at_init)
-
-
 def time_coords(run, start: int) -> dict[str, np.ndarray]:
   """Each written time axis's steps within the segment starting after `start`;
   the first segment's start with step 0 where its kind records it."""
